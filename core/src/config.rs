@@ -1,0 +1,203 @@
+//! Typed configuration: the defaults that work on a developer machine, the optional TOML
+//! file named by `WARREN_CONFIG`, and URL redaction for anything that gets printed.
+//!
+//! Env vars and flags are parsed by the binary (clap, one env var per flag); this module
+//! owns the defaults, the file format and the validation, so every role reads the same.
+//!
+//! ```toml
+//! [retry]
+//! tiers = ["1s", "5s", "30s", "2m", "10m", "1h"]   # delay queues, shortest first
+//!
+//! [queues.default]
+//! delivery_limit = 10          # override a built-in queue's crash-loop limit
+//!
+//! [queues.emails]              # a user queue: warren.emails bound to email.#
+//! bindings = ["email.#"]
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/warren";
+pub const DEFAULT_NAMESPACE: &str = "warren";
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9477";
+/// Delay tiers used when the config file names none.
+pub const DEFAULT_TIERS: [Duration; 6] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+    Duration::from_secs(3600),
+];
+/// Broker-side crash-loop guard for work queues when the config file sets none.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 10;
+
+/// A configuration error, naming the field and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// The optional TOML file (`WARREN_CONFIG`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Work queues to add, or built-in ones to adjust, by short name.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueConfig>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// One `[queues.NAME]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Routing-key patterns bound to the queue (added to a built-in queue's own).
+    #[serde(default)]
+    pub bindings: Vec<String>,
+    /// Quorum `x-delivery-limit`: redeliveries before the broker dead-letters a message.
+    pub delivery_limit: Option<u32>,
+}
+
+/// The `[retry]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Delay tiers as durations ("500ms", "5s", "2m"), strictly increasing.
+    #[serde(default)]
+    pub tiers: Vec<String>,
+}
+
+impl FileConfig {
+    /// Reads the file at `path`, or the empty config when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.tiers()?;
+        Ok(cfg)
+    }
+
+    /// The delay tiers, parsed and checked.
+    pub fn tiers(&self) -> Result<Vec<Duration>, ConfigError> {
+        if self.retry.tiers.is_empty() {
+            return Ok(DEFAULT_TIERS.to_vec());
+        }
+        let mut out = Vec::with_capacity(self.retry.tiers.len());
+        for (i, t) in self.retry.tiers.iter().enumerate() {
+            let d = humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
+                field: format!("retry.tiers[{i}]"),
+                message: format!("{t:?} is not a duration like \"500ms\" or \"5s\": {e}"),
+            })?;
+            if d < Duration::from_millis(1) || out.last().is_some_and(|p| *p >= d) {
+                return Err(ConfigError::Invalid {
+                    field: format!("retry.tiers[{i}]"),
+                    message: "tiers must be at least 1ms and strictly increasing".into(),
+                });
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a namespace: lowercase letters, digits, `-`, `_` and `.`, not empty.
+pub fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 100
+        && ns.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "WARREN_NAMESPACE".into(),
+            message: format!(
+                "{ns:?} must be 1-100 characters of a-z, 0-9, '-', '_' or '.'"
+            ),
+        })
+    }
+}
+
+/// Replaces the password (and a user without password) in a URL with `***`, so URLs can be
+/// logged. Anything unparsable is hidden whole.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable url>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/warren"),
+            "postgres://postgres@127.0.0.1:5432/warren"
+        );
+        assert_eq!(redact_url("not a url"), "<unparsable url>");
+    }
+
+    #[test]
+    fn tiers_default_and_validate() {
+        assert_eq!(FileConfig::default().tiers().unwrap(), DEFAULT_TIERS.to_vec());
+        let cfg: FileConfig = toml::from_str("[retry]\ntiers=[\"200ms\",\"1s\"]").unwrap();
+        assert_eq!(
+            cfg.tiers().unwrap(),
+            vec![Duration::from_millis(200), Duration::from_secs(1)]
+        );
+        let bad: FileConfig = toml::from_str("[retry]\ntiers=[\"1s\",\"1s\"]").unwrap();
+        let err = bad.tiers().unwrap_err().to_string();
+        assert!(err.contains("retry.tiers[1]"), "{err}");
+        let bad: FileConfig = toml::from_str("[retry]\ntiers=[\"soon\"]").unwrap();
+        assert!(bad.tiers().unwrap_err().to_string().contains("retry.tiers[0]"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("[queues.x]\nbinding=[\"a\"]").is_err());
+    }
+
+    #[test]
+    fn namespace_rules() {
+        assert!(validate_namespace("warren").is_ok());
+        assert!(validate_namespace("wt-1a2b.x_y").is_ok());
+        assert!(validate_namespace("").is_err());
+        assert!(validate_namespace("Warren").is_err());
+        assert!(validate_namespace("a b").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The Warren contract: what every role and every publisher agrees on.
+//!
+//! - [`task`]: task names (= routing keys) and the built-in payload types.
+//! - [`envelope`]: AMQP properties and headers a job carries, and dead-letter reasons.
+//! - [`topology`]: exchanges, queues, bindings and delay tiers, declared as data.
+//! - [`config`]: typed settings from env vars, flags and the optional TOML file.
+//! - [`broker`]: connecting to RabbitMQ with credentials kept out of logs.
+//! - [`db`]: connecting to PostgreSQL, creating the database, running migrations.
+//! - [`telemetry`]: logging, Prometheus metrics and the health endpoints.
+
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod envelope;
+pub mod task;
+pub mod telemetry;
+pub mod topology;

@@ -1,0 +1,79 @@
+//! Task names and the payloads of the built-in tasks.
+//!
+//! A task name is a stable string and is the AMQP routing key of every job of that task. It
+//! is never derived from a Rust type name, so renaming code never orphans queued jobs.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Does nothing; accepts any JSON object. Operators publish it to check a deployment.
+pub const DEMO_NOOP: &str = "demo.noop";
+/// Sleeps for `ms` milliseconds ([`DemoSleep`]).
+pub const DEMO_SLEEP: &str = "demo.sleep";
+/// Fails on purpose ([`DemoFail`]): exercises retries and dead-lettering.
+pub const DEMO_FAIL: &str = "demo.fail";
+/// Renews one Pagar.me prepaid subscription (handler in the renewals issue).
+pub const RENEWAL_PAGARME: &str = "renewal.pagarme";
+/// Renews one Appmax subscription (handler in the renewals issue).
+pub const RENEWAL_APPMAX: &str = "renewal.appmax";
+
+/// Payload of `demo.noop`: any JSON object.
+pub type DemoNoop = serde_json::Map<String, serde_json::Value>;
+
+/// Payload of `demo.sleep`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSleep {
+    /// How long the handler sleeps, in milliseconds.
+    pub ms: u64,
+}
+
+/// How `demo.fail` fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// A retryable error: retried through the delay tiers, then dead-lettered `exhausted`.
+    Retryable,
+    /// A permanent error: dead-lettered `permanent` at once.
+    Permanent,
+    /// The handler panics; the worker survives and treats it as a retryable failure.
+    Panic,
+}
+
+/// Payload of `demo.fail`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoFail {
+    pub mode: FailMode,
+    /// Fail only before this instant; at or after it the job succeeds, so a replay of the
+    /// dead letter after `until` goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_fail_parses_modes_and_rejects_unknown_fields() {
+        let p: DemoFail = serde_json::from_str(r#"{"mode":"retryable"}"#).unwrap();
+        assert_eq!(p.mode, FailMode::Retryable);
+        assert!(p.until.is_none());
+        let p: DemoFail =
+            serde_json::from_str(r#"{"mode":"panic","until":"2030-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!(p.mode, FailMode::Panic);
+        assert!(p.until.is_some());
+        assert!(serde_json::from_str::<DemoFail>(r#"{"mode":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<DemoFail>(r#"{"mode":"permanent","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn demo_sleep_requires_ms() {
+        assert!(serde_json::from_str::<DemoSleep>("{}").is_err());
+        assert_eq!(
+            serde_json::from_str::<DemoSleep>(r#"{"ms":5}"#).unwrap(),
+            DemoSleep { ms: 5 }
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Logs, metrics and health: what every long-running role exposes.
+//!
+//! Metric names are fixed here (see the brief); labels are fixed per metric. Durations are
+//! histograms in seconds with explicit buckets. The HTTP listener serves `/metrics`,
+//! `/healthz` (the process is up) and `/readyz` (every dependency the role needs is up).
+
+use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Metric names, one constant each.
+pub mod names {
+    /// counter {queue, task, outcome = succeeded|retried|dead_lettered|duplicate}
+    pub const JOBS_PROCESSED: &str = "warren_jobs_processed_total";
+    /// histogram {queue, task}: handler wall time.
+    pub const JOB_DURATION: &str = "warren_job_duration_seconds";
+    /// gauge {queue}: deliveries being processed.
+    pub const JOBS_IN_FLIGHT: &str = "warren_jobs_in_flight";
+    /// counter {task, outcome = confirmed|unroutable|nacked|error}
+    pub const PUBLISHED: &str = "warren_published_total";
+    /// gauge: 1 while connected to RabbitMQ.
+    pub const BROKER_CONNECTED: &str = "warren_broker_connected";
+    /// counter: connections re-established after a loss.
+    pub const BROKER_RECONNECTS: &str = "warren_broker_reconnects_total";
+    /// histogram: rows per job-ledger group commit.
+    pub const LEDGER_BATCH_SIZE: &str = "warren_ledger_batch_size";
+    /// counter: ledger writes that failed and were retried (PostgreSQL trouble).
+    pub const LEDGER_ERRORS: &str = "warren_ledger_errors_total";
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the tracing subscriber (level from `RUST_LOG`, default `info`), on stderr.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            const SECONDS: &[f64] = &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                30.0, 60.0, 300.0,
+            ];
+            const BATCH: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(names::LEDGER_BATCH_SIZE.into()), BATCH)
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(names::JOBS_PROCESSED, "Deliveries finished, by outcome");
+    describe_histogram!(names::JOB_DURATION, Unit::Seconds, "Handler run time");
+    describe_gauge!(names::JOBS_IN_FLIGHT, "Deliveries being processed");
+    describe_counter!(names::PUBLISHED, "Publishes by broker outcome");
+    describe_gauge!(names::BROKER_CONNECTED, "1 while connected to RabbitMQ");
+    describe_counter!(names::BROKER_RECONNECTS, "Broker connections re-established");
+    describe_histogram!(names::LEDGER_BATCH_SIZE, "Rows per job-ledger group commit");
+    describe_counter!(names::LEDGER_ERRORS, "Job-ledger writes retried after an error");
+}
+
+/// Named readiness checks; the role is ready when all are up.
+#[derive(Clone, Debug)]
+pub struct Health {
+    checks: Arc<Vec<(&'static str, AtomicBool)>>,
+}
+
+impl Health {
+    /// A health state with these checks, all down until reported up.
+    pub fn new(checks: &[&'static str]) -> Self {
+        Self {
+            checks: Arc::new(checks.iter().map(|c| (*c, AtomicBool::new(false))).collect()),
+        }
+    }
+
+    /// Records a check's state. Unknown names are ignored.
+    pub fn set(&self, check: &str, up: bool) {
+        if let Some((_, flag)) = self.checks.iter().find(|(n, _)| *n == check) {
+            flag.store(up, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_up(&self, check: &str) -> bool {
+        self.checks
+            .iter()
+            .any(|(n, f)| *n == check && f.load(Ordering::Relaxed))
+    }
+
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|(_, f)| f.load(Ordering::Relaxed))
+    }
+
+    fn report(&self) -> serde_json::Value {
+        self.checks
+            .iter()
+            .map(|(n, f)| ((*n).to_owned(), f.load(Ordering::Relaxed).into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves the telemetry endpoints until the
+/// process ends. Returns the bound address.
+pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<SocketAddr> {
+    let handle = metrics_handle();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let h = handle.clone();
+                async move { h.render() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "telemetry listener stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(bound)
+}
+
+async fn readyz(State(h): State<Health>) -> (StatusCode, Json<serde_json::Value>) {
+    let code = if h.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(h.report()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_check_is_up() {
+        let h = Health::new(&["broker", "database"]);
+        assert!(!h.ready());
+        h.set("broker", true);
+        assert!(!h.ready());
+        h.set("database", true);
+        assert!(h.ready());
+        h.set("broker", false);
+        assert!(!h.ready() && !h.is_up("broker") && h.is_up("database"));
+    }
+}

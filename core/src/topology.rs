@@ -1,0 +1,445 @@
+//! The broker topology as data, and the one function that applies it.
+//!
+//! ```text
+//!  publisher ──► <ns>.jobs (topic) ──► <ns>.<queue>            quorum, x-delivery-limit
+//!                   ▲                        │ retryable error: republish to a tier
+//!                   │                        ▼
+//!                   └── TTL expires ── <ns>.delay.<d> (fanout exchange + quorum queue)
+//!                                            │ permanent / exhausted / malformed / …
+//!  <ns>.<queue>.dlq ◄── <ns>.dlx (direct, key = queue short name) ◄┘
+//! ```
+//!
+//! Every name is prefixed by the namespace (`WARREN_NAMESPACE`) so tests and tenants share a
+//! broker without colliding. [`Topology::declare`] is idempotent; it runs at `warren
+//! topology`, at every worker (re)connect and in every test.
+
+use crate::config::{ConfigError, FileConfig, DEFAULT_DELIVERY_LIMIT};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+/// A work queue: what it is called, which tasks it receives, its crash-loop limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkQueue {
+    /// Short name (`renewals.pagarme`); the broker name is `<ns>.<short>`.
+    pub name: String,
+    /// Binding keys on `<ns>.jobs` (topic patterns).
+    pub bindings: Vec<String>,
+    /// Quorum `x-delivery-limit`.
+    pub delivery_limit: u32,
+}
+
+/// Work queues every deployment has.
+pub fn builtin_queues() -> Vec<WorkQueue> {
+    [
+        ("default", "demo.#"),
+        ("renewals.pagarme", crate::task::RENEWAL_PAGARME),
+        ("renewals.appmax", crate::task::RENEWAL_APPMAX),
+        ("cron", "cron.#"),
+    ]
+    .into_iter()
+    .map(|(name, key)| WorkQueue {
+        name: name.into(),
+        bindings: vec![key.into()],
+        delivery_limit: DEFAULT_DELIVERY_LIMIT,
+    })
+    .collect()
+}
+
+/// The whole topology of one namespace.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    namespace: String,
+    queues: Vec<WorkQueue>,
+    tiers: Vec<Duration>,
+}
+
+/// Errors while resolving or declaring the topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("unknown queue {name:?}; known queues: {}", known.join(", "))]
+    UnknownQueue { name: String, known: Vec<String> },
+    #[error(
+        "{object} already exists on the broker with different arguments ({reply}); \
+         Warren wants {wanted}. Delete it (after draining) or change the config to match"
+    )]
+    Mismatch {
+        object: String,
+        reply: String,
+        wanted: String,
+    },
+    #[error("broker error while declaring {object}: {source}")]
+    Broker {
+        object: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl TopologyError {
+    /// A broker/connection problem (worth retrying), as opposed to a configuration problem.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Broker { .. })
+    }
+}
+
+/// What a declare found on the broker, for printing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredQueue {
+    pub name: String,
+    pub role: &'static str,
+    pub arguments: String,
+    pub bindings: String,
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// The result of [`Topology::declare`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub exchanges: Vec<(String, &'static str)>,
+    pub queues: Vec<DeclaredQueue>,
+}
+
+impl fmt::Display for Declared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "exchanges:")?;
+        for (name, kind) in &self.exchanges {
+            writeln!(f, "  {name:<40} {kind}")?;
+        }
+        writeln!(f, "queues:")?;
+        for q in &self.queues {
+            writeln!(
+                f,
+                "  {:<40} {:<6} messages={:<6} consumers={:<3} {} {}",
+                q.name, q.role, q.messages, q.consumers, q.arguments, q.bindings
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Topology {
+    /// Built-in queues merged with the config file's queues and tiers.
+    pub fn new(namespace: &str, file: &FileConfig) -> Result<Self, TopologyError> {
+        crate::config::validate_namespace(namespace)?;
+        let mut queues = builtin_queues();
+        for (name, qc) in &file.queues {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    field: format!("queues.{name}"),
+                    message: "queue names use a-z, 0-9, '-', '_' and '.'".into(),
+                }
+                .into());
+            }
+            if qc.delivery_limit == Some(0) {
+                return Err(ConfigError::Invalid {
+                    field: format!("queues.{name}.delivery_limit"),
+                    message: "must be at least 1".into(),
+                }
+                .into());
+            }
+            match queues.iter_mut().find(|q| &q.name == name) {
+                Some(q) => {
+                    q.bindings.extend(qc.bindings.iter().cloned());
+                    if let Some(l) = qc.delivery_limit {
+                        q.delivery_limit = l;
+                    }
+                }
+                None => {
+                    if qc.bindings.is_empty() {
+                        return Err(ConfigError::Invalid {
+                            field: format!("queues.{name}.bindings"),
+                            message: "a new queue needs at least one routing-key pattern"
+                                .into(),
+                        }
+                        .into());
+                    }
+                    queues.push(WorkQueue {
+                        name: name.clone(),
+                        bindings: qc.bindings.clone(),
+                        delivery_limit: qc.delivery_limit.unwrap_or(DEFAULT_DELIVERY_LIMIT),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            queues,
+            tiers: file.tiers()?,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    pub fn queues(&self) -> &[WorkQueue] {
+        &self.queues
+    }
+    pub fn tiers(&self) -> &[Duration] {
+        &self.tiers
+    }
+
+    /// The topic exchange every job is published to.
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.namespace)
+    }
+    /// The direct exchange dead letters go through (routing key = queue short name).
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.namespace)
+    }
+    /// Broker name of a work queue.
+    pub fn queue_name(&self, short: &str) -> String {
+        format!("{}.{short}", self.namespace)
+    }
+    /// Broker name of a work queue's dead-letter queue.
+    pub fn dlq_name(&self, short: &str) -> String {
+        format!("{}.{short}.dlq", self.namespace)
+    }
+    /// Exchange and queue name of delay tier `i` (the same string for both).
+    pub fn tier_name(&self, i: usize) -> String {
+        let d = self.tiers[i.min(self.tiers.len() - 1)];
+        format!("{}.delay.{}", self.namespace, humantime::format_duration(d))
+    }
+
+    /// Resolves a short queue name, or says which ones exist.
+    pub fn queue(&self, short: &str) -> Result<&WorkQueue, TopologyError> {
+        self.queues
+            .iter()
+            .find(|q| q.name == short)
+            .ok_or_else(|| TopologyError::UnknownQueue {
+                name: short.to_owned(),
+                known: self.queues.iter().map(|q| q.name.clone()).collect(),
+            })
+    }
+
+    fn work_queue_args(&self, q: &WorkQueue) -> FieldTable {
+        let mut a = quorum_args();
+        a.insert("x-delivery-limit".into(), long(q.delivery_limit.into()));
+        a.insert(
+            "x-dead-letter-exchange".into(),
+            text(&self.dead_letter_exchange()),
+        );
+        a.insert("x-dead-letter-routing-key".into(), text(&q.name));
+        at_least_once(&mut a);
+        a
+    }
+
+    fn tier_args(&self, d: Duration) -> FieldTable {
+        let mut a = quorum_args();
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        a.insert("x-message-ttl".into(), long(ms));
+        a.insert("x-dead-letter-exchange".into(), text(&self.jobs_exchange()));
+        at_least_once(&mut a);
+        a
+    }
+
+    /// Declares everything (idempotently) and reports what the broker holds.
+    ///
+    /// A queue that exists with other arguments closes the channel with
+    /// `PRECONDITION_FAILED`; that becomes [`TopologyError::Mismatch`] naming the queue.
+    pub async fn declare(&self, ch: &Channel) -> Result<Declared, TopologyError> {
+        let mut out = Declared {
+            exchanges: vec![],
+            queues: vec![],
+        };
+        let exchanges = [
+            (self.jobs_exchange(), ExchangeKind::Topic, "topic"),
+            (self.dead_letter_exchange(), ExchangeKind::Direct, "direct"),
+        ];
+        for (name, kind, label) in exchanges {
+            declare_exchange(ch, &name, kind, label).await?;
+            out.exchanges.push((name, label));
+        }
+        for (i, d) in self.tiers.iter().enumerate() {
+            let name = self.tier_name(i);
+            declare_exchange(ch, &name, ExchangeKind::Fanout, "fanout").await?;
+            out.exchanges.push((name.clone(), "fanout"));
+            let args = self.tier_args(*d);
+            let q = declare_queue(ch, &name, &args).await?;
+            bind(ch, &name, &name, "").await?;
+            out.queues.push(DeclaredQueue {
+                name,
+                role: "delay",
+                arguments: describe(&args),
+                bindings: format!("ttl -> {}", self.jobs_exchange()),
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            });
+        }
+        for wq in &self.queues {
+            let name = self.queue_name(&wq.name);
+            let args = self.work_queue_args(wq);
+            let q = declare_queue(ch, &name, &args).await?;
+            for key in &wq.bindings {
+                bind(ch, &name, &self.jobs_exchange(), key).await?;
+            }
+            out.queues.push(DeclaredQueue {
+                name,
+                role: "work",
+                arguments: describe(&args),
+                bindings: format!("<- {}", wq.bindings.join(" ")),
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            });
+            let dlq = self.dlq_name(&wq.name);
+            let dargs = quorum_args();
+            let q = declare_queue(ch, &dlq, &dargs).await?;
+            bind(ch, &dlq, &self.dead_letter_exchange(), &wq.name).await?;
+            out.queues.push(DeclaredQueue {
+                name: dlq,
+                role: "dlq",
+                arguments: describe(&dargs),
+                bindings: format!("<- {} {}", self.dead_letter_exchange(), wq.name),
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut a = FieldTable::default();
+    a.insert("x-queue-type".into(), text("quorum"));
+    a
+}
+
+/// Broker-side dead-lettering that survives a broker crash (RabbitMQ >= 3.10).
+fn at_least_once(a: &mut FieldTable) {
+    a.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    a.insert("x-overflow".into(), text("reject-publish"));
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.as_bytes().to_vec().into())
+}
+
+fn long(n: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(n)
+}
+
+fn describe(args: &FieldTable) -> String {
+    let mut s = String::new();
+    for (k, v) in args.inner() {
+        let v = match v {
+            AMQPValue::LongString(l) => String::from_utf8_lossy(l.as_bytes()).into_owned(),
+            AMQPValue::LongLongInt(n) => n.to_string(),
+            other => format!("{other:?}"),
+        };
+        let k = k.as_str().trim_start_matches("x-");
+        let _ = write!(s, "{}{k}={v}", if s.is_empty() { "" } else { "," });
+    }
+    s
+}
+
+fn classify(object: String, wanted: String, e: lapin::Error) -> TopologyError {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+        if matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+        ) {
+            return TopologyError::Mismatch {
+                object,
+                reply: amqp.get_message().to_string(),
+                wanted,
+            };
+        }
+    }
+    TopologyError::Broker { object, source: e }
+}
+
+async fn declare_exchange(
+    ch: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    label: &str,
+) -> Result<(), TopologyError> {
+    let wanted = format!("a durable {label} exchange");
+    ch.exchange_declare(
+        ShortString::from(name),
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| classify(format!("exchange {name}"), wanted, e))
+}
+
+async fn declare_queue(
+    ch: &Channel,
+    name: &str,
+    args: &FieldTable,
+) -> Result<lapin::Queue, TopologyError> {
+    ch.queue_declare(
+        ShortString::from(name),
+        QueueDeclareOptions::durable(),
+        args.clone(),
+    )
+    .await
+    .map_err(|e| classify(format!("queue {name}"), describe(args), e))
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), TopologyError> {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| TopologyError::Broker {
+        object: format!("binding {exchange} -> {queue} ({key})"),
+        source: e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_namespaced() {
+        let t = Topology::new("wt-x", &FileConfig::default()).unwrap();
+        assert_eq!(t.jobs_exchange(), "wt-x.jobs");
+        assert_eq!(t.queue_name("renewals.pagarme"), "wt-x.renewals.pagarme");
+        assert_eq!(t.dlq_name("cron"), "wt-x.cron.dlq");
+        assert_eq!(t.tier_name(0), "wt-x.delay.1s");
+        assert_eq!(t.tier_name(3), "wt-x.delay.2m");
+        assert_eq!(t.tier_name(99), "wt-x.delay.1h");
+    }
+
+    #[test]
+    fn unknown_queue_lists_known_ones() {
+        let t = Topology::new("warren", &FileConfig::default()).unwrap();
+        let e = t.queue("renewals").unwrap_err().to_string();
+        assert!(e.contains("default, renewals.pagarme, renewals.appmax, cron"), "{e}");
+    }
+
+    #[test]
+    fn config_adds_and_adjusts_queues() {
+        let file: FileConfig = toml::from_str(
+            "[queues.default]\ndelivery_limit=2\n[queues.emails]\nbindings=[\"email.#\"]",
+        )
+        .unwrap();
+        let t = Topology::new("warren", &file).unwrap();
+        assert_eq!(t.queue("default").unwrap().delivery_limit, 2);
+        assert_eq!(t.queue("emails").unwrap().bindings, vec!["email.#"]);
+        let bad: FileConfig = toml::from_str("[queues.x]\ndelivery_limit=3").unwrap();
+        let e = Topology::new("warren", &bad).unwrap_err().to_string();
+        assert!(e.contains("queues.x.bindings"), "{e}");
+    }
+}
