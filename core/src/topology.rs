@@ -307,6 +307,30 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Deletes every queue and exchange of the namespace (tests and benchmarks clean up with
+    /// it). Messages in them are lost: never point it at a namespace in use.
+    pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let mut queues: Vec<String> = (0..self.tiers.len()).map(|i| self.tier_name(i)).collect();
+        for q in &self.queues {
+            queues.push(self.queue_name(&q.name));
+            queues.push(self.dlq_name(&q.name));
+        }
+        for q in queues {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        let mut exchanges = vec![self.jobs_exchange(), self.dead_letter_exchange()];
+        exchanges.extend((0..self.tiers.len()).map(|i| self.tier_name(i)));
+        for e in exchanges {
+            ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 fn quorum_args() -> FieldTable {
     let mut a = FieldTable::default();
     a.insert("x-queue-type".into(), text("quorum"));

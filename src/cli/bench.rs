@@ -1,0 +1,213 @@
+//! `warren bench`: the worker runtime's throughput next to a bare lapin consumer's.
+//!
+//! Both drain the same number of `demo.noop` jobs from the same quorum queue with the same
+//! prefetch, in the same process, in alternating rounds. The bare consumer does nothing but
+//! ack (multiple, every 64 deliveries): it is the ceiling the broker allows. The runtime
+//! does everything it does in production: decode, ledger claim and finish (group commit to
+//! PostgreSQL), handler, metrics, one ack per job.
+
+use super::Global;
+use anyhow::Context;
+use clap::Args;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::time::{Duration, Instant};
+use warren_core::{db, telemetry};
+use warren_producer::{Producer, PublishOptions};
+use warren_workers::{Registry, Worker, WorkerConfig};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Jobs per run.
+    #[arg(long, env = "WARREN_BENCH_JOBS", default_value_t = 20_000)]
+    pub jobs: u64,
+    /// Prefetch for both consumers.
+    #[arg(long, env = "WARREN_PREFETCH", default_value_t = 256)]
+    pub prefetch: u16,
+    /// Rounds; each runs the bare consumer then the runtime.
+    #[arg(long, env = "WARREN_BENCH_ROUNDS", default_value_t = 2)]
+    pub rounds: u32,
+    /// Most job-ledger rows per group commit.
+    #[arg(long, env = "WARREN_LEDGER_BATCH", default_value_t = 256)]
+    pub ledger_batch: u16,
+}
+
+pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
+    let run_id = format!("bench-{}", std::process::id());
+    let mut g = g.clone();
+    g.namespace = format!("{}-{run_id}", g.namespace);
+    super::migrate::apply(&g).await?;
+    super::topology::declare(&g).await?;
+    let topology = g.topology()?;
+    let conn = g.connect("bench").await?;
+    let producer = Producer::new(&conn, topology.jobs_exchange()).await?;
+    let queue = topology.queue_name("default");
+    let pool = db::lazy_pool(&g.database_url, 4)?;
+    let metrics = telemetry::metrics_handle();
+
+    println!(
+        "warren bench: {} demo.noop jobs per run, prefetch {}, {} rounds, quorum queue {queue}",
+        a.jobs, a.prefetch, a.rounds
+    );
+    let (mut bare_rates, mut runtime_rates) = (Vec::new(), Vec::new());
+    let mut rss_kib = 0;
+    for round in 1..=a.rounds {
+        publish(&producer, &run_id, round, "bare", a.jobs).await?;
+        let t = bare_drain(&conn, &queue, a.prefetch, a.jobs).await?;
+        let bare = a.jobs as f64 / t.as_secs_f64();
+        println!("round {round}: bare lapin consumer  {:>9.0} jobs/s ({:.2}s)", bare, t.as_secs_f64());
+        bare_rates.push(bare);
+
+        publish(&producer, &run_id, round, "runtime", a.jobs).await?;
+        let before = succeeded(&metrics.render());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let worker = Worker::new(
+            WorkerConfig {
+                amqp_url: g.amqp_url.clone(),
+                queues: vec!["default".into()],
+                prefetch: a.prefetch,
+                grace: Duration::from_secs(10),
+                ledger_batch: a.ledger_batch.into(),
+            },
+            topology.clone(),
+            Registry::with_builtin(),
+            pool.clone(),
+            telemetry::Health::new(&["broker", "database"]),
+        )?;
+        let started = Instant::now();
+        let handle = tokio::spawn(worker.run(shutdown.clone()));
+        while succeeded(&metrics.render()) - before < a.jobs as f64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "runtime did not drain {} jobs in 10 minutes",
+                a.jobs
+            );
+        }
+        let t = started.elapsed();
+        rss_kib = rss_kib.max(current_rss_kib());
+        shutdown.cancel();
+        handle.await??;
+        let rt = a.jobs as f64 / t.as_secs_f64();
+        println!("round {round}: warren worker runtime {:>9.0} jobs/s ({:.2}s)", rt, t.as_secs_f64());
+        runtime_rates.push(rt);
+    }
+    let (bare, rt) = (mean(&bare_rates), mean(&runtime_rates));
+    let (rows, commits) = ledger_stats(&metrics.render());
+    println!("---");
+    println!("bare lapin consumer : {bare:>9.0} jobs/s (mean of {} rounds)", a.rounds);
+    println!("warren runtime      : {rt:>9.0} jobs/s (mean of {} rounds)", a.rounds);
+    println!("ratio               : {:.1}%", 100.0 * rt / bare);
+    println!(
+        "job ledger          : {rows:.0} rows in {commits:.0} group commits (mean {:.1} rows/commit)",
+        rows / commits.max(1.0)
+    );
+    println!("process peak RSS    : {:.1} MiB", rss_kib as f64 / 1024.0);
+
+    sqlx::query("DELETE FROM job_runs WHERE job_id LIKE $1")
+        .bind(format!("{run_id}-%"))
+        .execute(&pool)
+        .await
+        .context("cleaning up bench rows")?;
+    let ch = conn.create_channel().await?;
+    topology.delete(&ch).await?;
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(())
+}
+
+async fn publish(
+    producer: &Producer,
+    run_id: &str,
+    round: u32,
+    phase: &str,
+    n: u64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let bodies = (0..n).map(|i| {
+        let opts = PublishOptions {
+            id: Some(format!("{run_id}-{round}-{phase}-{i}")),
+            ..Default::default()
+        };
+        (b"{}".to_vec(), opts)
+    });
+    producer
+        .publish_many(warren_core::task::DEMO_NOOP, bodies, 1024, |_| {})
+        .await?;
+    let t = started.elapsed().as_secs_f64();
+    println!(
+        "round {round}: published {n} jobs for {phase} in {t:.2}s ({:.0}/s, confirmed)",
+        n as f64 / t
+    );
+    Ok(())
+}
+
+async fn bare_drain(
+    conn: &lapin::Connection,
+    queue: &str,
+    prefetch: u16,
+    n: u64,
+) -> anyhow::Result<Duration> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0u64;
+    while let Some(d) = consumer.next().await {
+        let d = d?;
+        seen += 1;
+        if seen % 64 == 0 || seen == n {
+            d.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        if seen == n {
+            break;
+        }
+    }
+    let t = started.elapsed();
+    let _ = ch.close(200, "done".into()).await;
+    Ok(t)
+}
+
+fn metric_sum(text: &str, name: &str, must: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && must.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn succeeded(text: &str) -> f64 {
+    metric_sum(
+        text,
+        "warren_jobs_processed_total{",
+        &["queue=\"default\"", "outcome=\"succeeded\""],
+    )
+}
+
+fn ledger_stats(text: &str) -> (f64, f64) {
+    (
+        metric_sum(text, "warren_ledger_batch_size_sum", &[]),
+        metric_sum(text, "warren_ledger_batch_size_count", &[]),
+    )
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn current_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

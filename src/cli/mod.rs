@@ -1,0 +1,155 @@
+//! Command-line interface: global settings (each flag with its env var) and the commands.
+
+mod bench;
+mod dev;
+mod migrate;
+mod publish;
+mod topology;
+mod worker;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+use warren_core::config::{self, FileConfig};
+use warren_core::telemetry::LogFormat;
+use warren_core::topology::Topology;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "warren",
+    version,
+    about = "Self-hosted background-job fleet on RabbitMQ and PostgreSQL",
+    long_about = "Self-hosted background-job fleet on RabbitMQ and PostgreSQL.\n\n\
+        Jobs are JSON messages on the topic exchange <namespace>.jobs with routing key = task \
+        name. Workers consume quorum queues, record every job in PostgreSQL (job_runs), retry \
+        through delay queues and dead-letter what cannot succeed into <queue>.dlq.\n\n\
+        First run: `warren migrate && warren topology`, then `warren worker --queue default` \
+        and `warren publish demo.noop`. `warren dev` does all of it in one process.",
+    after_help = "Every option can also be set by the environment variable shown in brackets."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command shares.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// RabbitMQ URL (the password is never printed).
+    #[arg(long, env = "AMQP_URL", default_value = config::DEFAULT_AMQP_URL, global = true,
+          hide_env_values = true)]
+    pub amqp_url: String,
+    /// PostgreSQL URL; `warren migrate` creates the database if it is missing.
+    #[arg(long, env = "DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL,
+          global = true, hide_env_values = true)]
+    pub database_url: String,
+    /// Prefix of every exchange and queue, so several deployments or test runs can share a
+    /// broker.
+    #[arg(long, env = "WARREN_NAMESPACE", default_value = config::DEFAULT_NAMESPACE,
+          global = true)]
+    pub namespace: String,
+    /// Optional TOML file adding queues, adjusting delivery limits and delay tiers.
+    #[arg(long, env = "WARREN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz for long-running roles (port 0 picks a
+    /// free port and logs it).
+    #[arg(long, env = "WARREN_METRICS_ADDR", default_value = config::DEFAULT_METRICS_ADDR,
+          global = true)]
+    pub metrics_addr: SocketAddr,
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text,
+          global = true)]
+    pub log_format: LogFormatArg,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(v: LogFormatArg) -> Self {
+        match v {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the database if missing and apply migrations (idempotent).
+    Migrate,
+    /// Declare exchanges, queues, delay tiers and dead-letter queues; print what exists.
+    Topology,
+    /// Consume work queues and run their jobs.
+    Worker(worker::WorkerArgs),
+    /// Publish a job (or N copies) with publisher confirms.
+    Publish(publish::PublishArgs),
+    /// Measure the worker runtime against a bare lapin consumer.
+    Bench(bench::BenchArgs),
+    /// Every role in one process against local services: migrate, topology, worker on all
+    /// queues.
+    Dev(dev::DevArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Migrate => migrate::run(&g).await,
+        Command::Topology => topology::run(&g).await,
+        Command::Worker(a) => worker::run(&g, a).await,
+        Command::Publish(a) => publish::run(&g, a).await,
+        Command::Bench(a) => bench::run(&g, a).await,
+        Command::Dev(a) => dev::run(&g, a).await,
+    }
+}
+
+impl Global {
+    /// The namespace's topology, from the built-ins and the config file.
+    pub fn topology(&self) -> anyhow::Result<Topology> {
+        let file = FileConfig::load(self.config.as_deref())?;
+        Ok(Topology::new(&self.namespace, &file)?)
+    }
+
+    pub async fn connect(&self, role: &str) -> anyhow::Result<lapin::Connection> {
+        warren_core::broker::connect(&self.amqp_url, role)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to RabbitMQ at {} (is it running? see README, Troubleshooting)",
+                    config::redact_url(&self.amqp_url)
+                )
+            })
+    }
+}
+
+/// Cancels the token on the first SIGTERM/SIGINT; exits at once on the second.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("signal received: finishing in-flight jobs (signal again to exit now)");
+        t.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal: exiting now; unacked jobs return to their queues");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,51 @@
+//! `warren worker`: consume queues until SIGTERM/SIGINT.
+
+use super::Global;
+use clap::Args;
+use std::time::Duration;
+use warren_core::{db, telemetry};
+use warren_workers::{Registry, Worker, WorkerConfig};
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Queue to consume, by short name (repeat or comma-separate). Built in: default
+    /// (demo.#), renewals.pagarme, renewals.appmax, cron; more in the config file.
+    #[arg(long = "queue", env = "WARREN_QUEUES", value_delimiter = ',', required = true)]
+    pub queues: Vec<String>,
+    /// Unacked deliveries per queue (basic.qos): the most jobs one queue runs at once.
+    #[arg(long, env = "WARREN_PREFETCH", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+    /// On SIGTERM/SIGINT, how long in-flight jobs get to finish before the worker exits and
+    /// they return to the queue. Keep the orchestrator's stop timeout above it.
+    #[arg(long, env = "WARREN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Most job-ledger rows written per group commit.
+    #[arg(long, env = "WARREN_LEDGER_BATCH", default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ledger_batch: u16,
+}
+
+pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
+    let topology = g.topology()?;
+    let health = telemetry::Health::new(&["broker", "database"]);
+    telemetry::serve(g.metrics_addr, health.clone()).await?;
+    let pool = db::lazy_pool(&g.database_url, 4)?;
+    let worker = Worker::new(
+        WorkerConfig {
+            amqp_url: g.amqp_url.clone(),
+            queues: a.queues,
+            prefetch: a.prefetch,
+            grace: a.grace,
+            ledger_batch: a.ledger_batch.into(),
+        },
+        topology,
+        Registry::with_builtin(),
+        pool,
+        health,
+    )?;
+    let shutdown = super::shutdown_on_signals();
+    worker.run(shutdown).await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! What happens to one delivery, from arrival to ack. See the crate docs for the order of
+//! steps; the invariant is that the ack is the last thing, after every consequence of the
+//! delivery (ledger row, retry or dead letter) is durable.
+
+use crate::ledger::{Claim, JobKey, Ledger, Status};
+use crate::registry::Registry;
+use crate::task::JobContext;
+use crate::TaskError;
+use futures::FutureExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use warren_core::envelope::{self as env, DeadLetterKind};
+use warren_core::telemetry::names;
+use warren_core::topology::{Topology, WorkQueue};
+use warren_producer::{Producer, PublishError};
+
+/// Everything a delivery needs that lives as long as one broker session.
+pub(crate) struct Session {
+    pub producer: Producer,
+    pub ledger: Ledger,
+    pub registry: Arc<Registry>,
+    pub topology: Arc<Topology>,
+    pub db: PgPool,
+}
+
+/// How one delivery ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Retried,
+    DeadLettered,
+    Duplicate,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Why a delivery could not be finished here; it stays unacked and returns to the queue
+/// when the channel closes (the ledger deduplicates whatever already happened).
+#[derive(Debug, thiserror::Error)]
+enum Abandon {
+    #[error("publishing the consequence failed: {0}")]
+    Publish(#[from] PublishError),
+    #[error("the ledger stopped (shutting down)")]
+    Ledger(#[from] crate::ledger::LedgerClosed),
+}
+
+/// A failed attempt, as the runtime sees it.
+enum Failure {
+    Task(TaskError),
+    Timeout(Duration),
+    Panic(String),
+}
+
+struct InFlight(String);
+
+impl InFlight {
+    fn enter(queue: &str) -> Self {
+        metrics::gauge!(names::JOBS_IN_FLIGHT, "queue" => queue.to_owned()).increment(1.0);
+        Self(queue.to_owned())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(names::JOBS_IN_FLIGHT, "queue" => self.0.clone()).decrement(1.0);
+    }
+}
+
+/// Processes one delivery to the end (see the module docs).
+pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery) {
+    let _gauge = InFlight::enter(&queue.name);
+    let headers = d.properties.headers().as_ref();
+    let task = d.routing_key.as_str().to_owned();
+    let job_id = match d.properties.message_id() {
+        Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
+        _ => uuid::Uuid::now_v7().to_string(),
+    };
+    let attempt = env::header_u64(headers, env::H_ATTEMPT)
+        .unwrap_or(1)
+        .clamp(1, u32::MAX.into()) as u32;
+    let span = tracing::info_span!("job", %job_id, %task, queue = %queue.name, attempt);
+    let key = JobKey {
+        job_id,
+        task,
+        queue: queue.name.clone(),
+    };
+    async move {
+        let result = process(&s, &queue, &d, &key, attempt).await;
+        match result {
+            Ok(outcome) => {
+                metrics::counter!(names::JOBS_PROCESSED, "queue" => queue.name.clone(),
+                    "task" => key.task.clone(), "outcome" => outcome.as_str())
+                .increment(1);
+                match d.acker.ack(BasicAckOptions::default()).await {
+                    Ok(true) => tracing::debug!(outcome = outcome.as_str(), "acked"),
+                    Ok(false) | Err(_) => tracing::warn!(
+                        outcome = outcome.as_str(),
+                        "ack not delivered (channel closed); the broker will redeliver and the ledger will deduplicate"
+                    ),
+                }
+            }
+            Err(Abandon::Publish(e)) if !e.is_retryable() => {
+                // The consequence cannot be routed (topology damaged?). Requeue after a
+                // pause rather than lose the job; the delivery limit ends a loop.
+                tracing::error!(error = %e, "cannot publish retry/dead letter; requeueing in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = d
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            Err(e) => tracing::warn!(error = %e, "delivery left unacked; it will be redelivered"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn process(
+    s: &Session,
+    queue: &WorkQueue,
+    d: &Delivery,
+    key: &JobKey,
+    attempt: u32,
+) -> Result<Outcome, Abandon> {
+    let headers = d.properties.headers().as_ref();
+
+    // A message the broker keeps redelivering has crashed workers: stop before the broker's
+    // own limit so the dead letter carries our headers.
+    let returns = env::header_u64(headers, env::H_DELIVERY_COUNT).unwrap_or(0);
+    if returns >= u64::from(queue.delivery_limit) {
+        let msg = format!(
+            "delivered {} times without an ack (worker crashes?); delivery limit {}",
+            returns + 1,
+            queue.delivery_limit
+        );
+        return dead_letter(s, queue, d, key, attempt, DeadLetterKind::DeliveryLimit, &msg).await;
+    }
+
+    let Some(handler) = s.registry.get(&key.task) else {
+        let known: Vec<&str> = s.registry.names().collect();
+        let msg = format!(
+            "no handler for task {:?} on this worker (it runs: {})",
+            key.task,
+            known.join(", ")
+        );
+        return dead_letter(s, queue, d, key, attempt, DeadLetterKind::UnknownTask, &msg).await;
+    };
+
+    let policy = handler.retry_policy();
+    let max_attempts = env::header_u64(headers, env::H_MAX_ATTEMPTS)
+        .map(|m| m.clamp(1, u32::MAX.into()) as u32)
+        .unwrap_or(policy.max_attempts);
+    let ctx = JobContext {
+        job_id: key.job_id.clone(),
+        task: key.task.clone(),
+        queue: queue.name.clone(),
+        attempt,
+        max_attempts,
+        idempotency_key: env::header_str(headers, env::H_IDEMPOTENCY_KEY),
+        tenant: env::header_str(headers, env::H_TENANT),
+        db: s.db.clone(),
+    };
+    let fut = match handler.clone().start(&d.data, ctx) {
+        Ok(fut) => fut,
+        Err(m) => {
+            return dead_letter(s, queue, d, key, attempt, DeadLetterKind::Malformed, &m.0).await
+        }
+    };
+
+    if s.ledger.claim(key.clone()).await? == Claim::AlreadySucceeded {
+        tracing::info!("job already succeeded; acking duplicate without running it");
+        return Ok(Outcome::Duplicate);
+    }
+
+    let timeout = handler.timeout();
+    let started = Instant::now();
+    let result = match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await
+    {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(Failure::Task(e)),
+        Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
+        Err(_) => Err(Failure::Timeout(timeout)),
+    };
+    metrics::histogram!(names::JOB_DURATION, "queue" => queue.name.clone(),
+        "task" => key.task.clone())
+    .record(started.elapsed().as_secs_f64());
+
+    let (error, retryable, exhausted_kind) = match result {
+        Ok(()) => {
+            s.ledger.finish(key.clone(), Status::Succeeded, None).await?;
+            tracing::debug!(elapsed = ?started.elapsed(), "job succeeded");
+            return Ok(Outcome::Succeeded);
+        }
+        Err(Failure::Task(TaskError::Permanent(m))) => (m, false, DeadLetterKind::Permanent),
+        Err(Failure::Task(TaskError::Retryable(m))) => (m, true, DeadLetterKind::Exhausted),
+        Err(Failure::Panic(m)) => (format!("handler panicked: {m}"), true, DeadLetterKind::Exhausted),
+        Err(Failure::Timeout(t)) => (
+            format!("attempt timed out after {}", humantime_secs(t)),
+            true,
+            DeadLetterKind::Timeout,
+        ),
+    };
+    if !retryable {
+        return dead_letter(s, queue, d, key, attempt, DeadLetterKind::Permanent, &error).await;
+    }
+    if attempt >= max_attempts {
+        let msg = format!("{error} (attempt {attempt} of {max_attempts})");
+        return dead_letter(s, queue, d, key, attempt, exhausted_kind, &msg).await;
+    }
+    retry(s, d, key, attempt, &policy, &error).await
+}
+
+async fn retry(
+    s: &Session,
+    d: &Delivery,
+    key: &JobKey,
+    attempt: u32,
+    policy: &crate::RetryPolicy,
+    error: &str,
+) -> Result<Outcome, Abandon> {
+    let tiers = s.topology.tiers();
+    let tier = policy.tier(attempt, tiers);
+    let mut headers = republish_headers(d);
+    env::set_int(&mut headers, env::H_ATTEMPT, u64::from(attempt) + 1);
+    let props = d
+        .properties
+        .clone()
+        .with_message_id(key.job_id.as_str().into())
+        .with_headers(headers);
+    let exchange = s.topology.tier_name(tier);
+    s.producer
+        .publish_raw(&exchange, &key.task, &d.data, props)
+        .await?;
+    s.ledger
+        .finish(key.clone(), Status::Failed, Some(error.to_owned()))
+        .await?;
+    tracing::warn!(%error, delay = ?tiers[tier], next_attempt = attempt + 1, "attempt failed; retry scheduled");
+    Ok(Outcome::Retried)
+}
+
+async fn dead_letter(
+    s: &Session,
+    queue: &WorkQueue,
+    d: &Delivery,
+    key: &JobKey,
+    attempt: u32,
+    kind: DeadLetterKind,
+    error: &str,
+) -> Result<Outcome, Abandon> {
+    let mut headers = republish_headers(d);
+    let error: String = error.chars().take(4000).collect();
+    env::set_str(&mut headers, env::H_ERROR, &error);
+    env::set_str(&mut headers, env::H_ERROR_KIND, kind.as_str());
+    env::set_str(&mut headers, env::H_ORIGINAL_ROUTING_KEY, &key.task);
+    env::set_str(
+        &mut headers,
+        env::H_FAILED_AT,
+        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    env::set_int(&mut headers, env::H_ATTEMPTS, attempt.into());
+    let props = d
+        .properties
+        .clone()
+        .with_message_id(key.job_id.as_str().into())
+        .with_headers(headers);
+    s.producer
+        .publish_raw(
+            &s.topology.dead_letter_exchange(),
+            &queue.name,
+            &d.data,
+            props,
+        )
+        .await?;
+    s.ledger
+        .finish(key.clone(), Status::DeadLettered, Some(error.clone()))
+        .await?;
+    tracing::error!(kind = kind.as_str(), %error, dlq = %s.topology.dlq_name(&queue.name), "job dead-lettered");
+    Ok(Outcome::DeadLettered)
+}
+
+/// The delivery's headers minus the broker-owned redelivery counter, which must not follow
+/// the job into a new message (it would look like a crash loop).
+fn republish_headers(d: &Delivery) -> FieldTable {
+    let mut h = d.properties.headers().clone().unwrap_or_default();
+    env::remove(&mut h, env::H_DELIVERY_COUNT);
+    h
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}

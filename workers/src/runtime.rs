@@ -1,0 +1,288 @@
+//! The worker: a supervised connect → declare → qos → consume loop around
+//! [`crate::execute`], with graceful shutdown.
+//!
+//! - **Reconnect.** lapin does not reconnect. A session ends on a connection error, a
+//!   channel error or a consumer the server cancelled (a deleted queue, a node restart);
+//!   the worker then marks `broker` down on `/readyz`, waits with capped exponential
+//!   backoff and starts a new session, which redeclares the topology. Jobs still running
+//!   from the old session finish, fail to ack, and are redelivered — the ledger turns the
+//!   redelivery into a `duplicate` if they had succeeded.
+//! - **Prefetch.** Each queue has its own channel with `basic.qos(prefetch)`, so at most
+//!   `prefetch` deliveries per queue are unacked (= in flight) at once.
+//! - **Shutdown.** On the token: cancel the consumers (no new deliveries), wait up to
+//!   `grace` for in-flight jobs to finish and ack, then close the connection; whatever is
+//!   still unacked returns to its queue.
+
+use crate::execute::{self, Session};
+use crate::ledger::Ledger;
+use crate::Registry;
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_core::telemetry::{names, Health};
+use warren_core::topology::{Topology, TopologyError, WorkQueue};
+use warren_producer::{Producer, PublishError};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub amqp_url: String,
+    /// Short names of the queues to consume.
+    pub queues: Vec<String>,
+    /// Unacked deliveries per queue.
+    pub prefetch: u16,
+    /// How long shutdown waits for in-flight jobs.
+    pub grace: Duration,
+    /// Most rows per ledger group commit.
+    pub ledger_batch: usize,
+}
+
+/// Why a worker stopped or a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("opening the publish channel: {0}")]
+    Publish(#[from] PublishError),
+    #[error("the broker cancelled the consumer of {queue} (queue deleted or node restarted)")]
+    ConsumerCancelled { queue: String },
+    #[error("the connection reported an error: {0}")]
+    Connection(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl WorkerError {
+    /// A broker-side fault worth reconnecting for; everything else stops the worker.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Topology(t) => t.is_retryable(),
+            Self::Broker(_) | Self::Publish(_) | Self::ConsumerCancelled { .. } => true,
+            Self::Connection(_) => true,
+            Self::Config(_) => false,
+        }
+    }
+}
+
+/// A worker process's runtime.
+pub struct Worker {
+    cfg: WorkerConfig,
+    queues: Vec<Arc<WorkQueue>>,
+    topology: Arc<Topology>,
+    registry: Arc<Registry>,
+    db: PgPool,
+    health: Health,
+}
+
+impl Worker {
+    /// Resolves the queue names; an unknown one is an error that lists the known ones.
+    pub fn new(
+        cfg: WorkerConfig,
+        topology: Topology,
+        registry: Registry,
+        db: PgPool,
+        health: Health,
+    ) -> Result<Self, WorkerError> {
+        if cfg.queues.is_empty() {
+            return Err(WorkerError::Config("give at least one --queue".into()));
+        }
+        if cfg.prefetch == 0 {
+            return Err(WorkerError::Config("--prefetch must be at least 1".into()));
+        }
+        let mut queues = Vec::new();
+        for name in &cfg.queues {
+            let q = topology.queue(name)?.clone();
+            if !queues.iter().any(|x: &Arc<WorkQueue>| x.name == q.name) {
+                queues.push(Arc::new(q));
+            }
+        }
+        Ok(Self {
+            cfg,
+            queues,
+            topology: Arc::new(topology),
+            registry: Arc::new(registry),
+            db,
+            health,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled (then drains) or a non-retryable error.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let ledger = Ledger::start(self.db.clone(), self.health.clone(), self.cfg.ledger_batch);
+        let tracker = TaskTracker::new();
+        let mut backoff = Duration::from_millis(250);
+        let mut sessions = 0u64;
+        let result = loop {
+            if shutdown.is_cancelled() {
+                break Ok(None);
+            }
+            let started = Instant::now();
+            let r = self
+                .session(&ledger, &tracker, &shutdown, &mut sessions)
+                .await;
+            if r.is_err() {
+                self.health.set("broker", false);
+                metrics::gauge!(names::BROKER_CONNECTED).set(0.0);
+            }
+            match r {
+                Ok(conn) => break Ok(Some(conn)),
+                Err(e) if !e.is_retryable() => break Err(e),
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(250);
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => break Ok(None),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+        };
+        // Drain: in-flight jobs (including any from sessions that died) get `grace` to
+        // finish and ack on the still-open connection.
+        tracing::info!(in_flight = tracker.len(), grace = ?self.cfg.grace, "draining in-flight jobs");
+        tracker.close();
+        if tokio::time::timeout(self.cfg.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_running = tracker.len(),
+                "grace period over; unfinished jobs return to their queues"
+            );
+        }
+        self.health.set("broker", false);
+        metrics::gauge!(names::BROKER_CONNECTED).set(0.0);
+        match result {
+            Ok(Some(conn)) => {
+                let _ = conn.close(200, "worker shutting down".into()).await;
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn session(
+        &self,
+        ledger: &Ledger,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+        sessions: &mut u64,
+    ) -> Result<lapin::Connection, WorkerError> {
+        let conn = warren_core::broker::connect(&self.cfg.amqp_url, "worker").await?;
+        let setup = conn.create_channel().await?;
+        self.topology.declare(&setup).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let producer = Producer::new(&conn, self.topology.jobs_exchange()).await?;
+
+        let mut consumers: Vec<(Arc<WorkQueue>, Channel, Consumer)> = Vec::new();
+        for q in &self.queues {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(self.cfg.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = ch
+                .basic_consume(
+                    self.topology.queue_name(&q.name).as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push((q.clone(), ch, consumer));
+        }
+        *sessions += 1;
+        if *sessions > 1 {
+            metrics::counter!(names::BROKER_RECONNECTS).increment(1);
+        }
+        self.health.set("broker", true);
+        metrics::gauge!(names::BROKER_CONNECTED).set(1.0);
+        tracing::info!(
+            queues = ?self.queues.iter().map(|q| self.topology.queue_name(&q.name)).collect::<Vec<_>>(),
+            prefetch = self.cfg.prefetch,
+            "consuming"
+        );
+
+        let session = Arc::new(Session {
+            producer,
+            ledger: ledger.clone(),
+            registry: self.registry.clone(),
+            topology: self.topology.clone(),
+            db: self.db.clone(),
+        });
+        let stop = CancellationToken::new();
+        let mut loops = JoinSet::new();
+        let mut cancel = Vec::new();
+        for (q, ch, consumer) in consumers {
+            cancel.push((ch, consumer.tag()));
+            loops.spawn(consume(
+                q,
+                consumer,
+                session.clone(),
+                tracker.clone(),
+                stop.clone(),
+            ));
+        }
+        let mut events = conn.events_listener();
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                Some(r) = loops.join_next() => {
+                    break match r {
+                        Ok(Err(e)) => Err(e),
+                        Ok(Ok(())) => Ok(()),
+                        Err(join) => Err(WorkerError::Connection(join.to_string())),
+                    };
+                }
+                ev = events.next() => match ev {
+                    Some(lapin::Event::Error(e)) => break Err(WorkerError::Connection(e.to_string())),
+                    Some(_) => {}
+                    None => break Err(WorkerError::Connection("connection closed".into())),
+                },
+            }
+        };
+        stop.cancel();
+        if ended.is_ok() {
+            // Graceful: no new deliveries; the caller drains while acks still work.
+            for (ch, tag) in &cancel {
+                let _ = ch
+                    .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                    .await;
+            }
+        }
+        ended.map(|()| conn)
+    }
+}
+
+async fn consume(
+    queue: Arc<WorkQueue>,
+    mut consumer: Consumer,
+    session: Arc<Session>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), WorkerError> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tracker.spawn(execute::handle(session.clone(), queue.clone(), delivery));
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(WorkerError::ConsumerCancelled { queue: queue.name.clone() }),
+            },
+        }
+    }
+}
