@@ -126,17 +126,15 @@ impl FileConfig {
 pub fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
     let ok = !ns.is_empty()
         && ns.len() <= 100
-        && ns.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
-        });
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
         Err(ConfigError::Invalid {
             field: "WARREN_NAMESPACE".into(),
-            message: format!(
-                "{ns:?} must be 1-100 characters of a-z, 0-9, '-', '_' or '.'"
-            ),
+            message: format!("{ns:?} must be 1-100 characters of a-z, 0-9, '-', '_' or '.'"),
         })
     }
 }
@@ -174,7 +172,10 @@ mod tests {
 
     #[test]
     fn tiers_default_and_validate() {
-        assert_eq!(FileConfig::default().tiers().unwrap(), DEFAULT_TIERS.to_vec());
+        assert_eq!(
+            FileConfig::default().tiers().unwrap(),
+            DEFAULT_TIERS.to_vec()
+        );
         let cfg: FileConfig = toml::from_str("[retry]\ntiers=[\"200ms\",\"1s\"]").unwrap();
         assert_eq!(
             cfg.tiers().unwrap(),
@@ -184,7 +185,11 @@ mod tests {
         let err = bad.tiers().unwrap_err().to_string();
         assert!(err.contains("retry.tiers[1]"), "{err}");
         let bad: FileConfig = toml::from_str("[retry]\ntiers=[\"soon\"]").unwrap();
-        assert!(bad.tiers().unwrap_err().to_string().contains("retry.tiers[0]"));
+        assert!(bad
+            .tiers()
+            .unwrap_err()
+            .to_string()
+            .contains("retry.tiers[0]"));
     }
 
     #[test]

@@ -63,8 +63,8 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             const SECONDS: &[f64] = &[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0, 60.0, 300.0,
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
             ];
             const BATCH: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
             let handle = PrometheusBuilder::new()
@@ -88,9 +88,15 @@ fn describe() {
     describe_gauge!(names::JOBS_IN_FLIGHT, "Deliveries being processed");
     describe_counter!(names::PUBLISHED, "Publishes by broker outcome");
     describe_gauge!(names::BROKER_CONNECTED, "1 while connected to RabbitMQ");
-    describe_counter!(names::BROKER_RECONNECTS, "Broker connections re-established");
+    describe_counter!(
+        names::BROKER_RECONNECTS,
+        "Broker connections re-established"
+    );
     describe_histogram!(names::LEDGER_BATCH_SIZE, "Rows per job-ledger group commit");
-    describe_counter!(names::LEDGER_ERRORS, "Job-ledger writes retried after an error");
+    describe_counter!(
+        names::LEDGER_ERRORS,
+        "Job-ledger writes retried after an error"
+    );
 }
 
 /// Named readiness checks; the role is ready when all are up.
@@ -103,7 +109,12 @@ impl Health {
     /// A health state with these checks, all down until reported up.
     pub fn new(checks: &[&'static str]) -> Self {
         Self {
-            checks: Arc::new(checks.iter().map(|c| (*c, AtomicBool::new(false))).collect()),
+            checks: Arc::new(
+                checks
+                    .iter()
+                    .map(|c| (*c, AtomicBool::new(false)))
+                    .collect(),
+            ),
         }
     }
 

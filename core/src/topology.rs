@@ -158,8 +158,7 @@ impl Topology {
                     if qc.bindings.is_empty() {
                         return Err(ConfigError::Invalid {
                             field: format!("queues.{name}.bindings"),
-                            message: "a new queue needs at least one routing-key pattern"
-                                .into(),
+                            message: "a new queue needs at least one routing-key pattern".into(),
                         }
                         .into());
                     }
@@ -450,7 +449,10 @@ mod tests {
     fn unknown_queue_lists_known_ones() {
         let t = Topology::new("warren", &FileConfig::default()).unwrap();
         let e = t.queue("renewals").unwrap_err().to_string();
-        assert!(e.contains("default, renewals.pagarme, renewals.appmax, cron"), "{e}");
+        assert!(
+            e.contains("default, renewals.pagarme, renewals.appmax, cron"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         publish(&producer, &run_id, round, "bare", a.jobs).await?;
         let t = bare_drain(&conn, &queue, a.prefetch, a.jobs).await?;
         let bare = a.jobs as f64 / t.as_secs_f64();
-        println!("round {round}: bare lapin consumer  {:>9.0} jobs/s ({:.2}s)", bare, t.as_secs_f64());
+        println!(
+            "round {round}: bare lapin consumer  {:>9.0} jobs/s ({:.2}s)",
+            bare,
+            t.as_secs_f64()
+        );
         bare_rates.push(bare);
 
         publish(&producer, &run_id, round, "runtime", a.jobs).await?;
@@ -90,14 +94,24 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         shutdown.cancel();
         handle.await??;
         let rt = a.jobs as f64 / t.as_secs_f64();
-        println!("round {round}: warren worker runtime {:>9.0} jobs/s ({:.2}s)", rt, t.as_secs_f64());
+        println!(
+            "round {round}: warren worker runtime {:>9.0} jobs/s ({:.2}s)",
+            rt,
+            t.as_secs_f64()
+        );
         runtime_rates.push(rt);
     }
     let (bare, rt) = (mean(&bare_rates), mean(&runtime_rates));
     let (rows, commits) = ledger_stats(&metrics.render());
     println!("---");
-    println!("bare lapin consumer : {bare:>9.0} jobs/s (mean of {} rounds)", a.rounds);
-    println!("warren runtime      : {rt:>9.0} jobs/s (mean of {} rounds)", a.rounds);
+    println!(
+        "bare lapin consumer : {bare:>9.0} jobs/s (mean of {} rounds)",
+        a.rounds
+    );
+    println!(
+        "warren runtime      : {rt:>9.0} jobs/s (mean of {} rounds)",
+        a.rounds
+    );
     println!("ratio               : {:.1}%", 100.0 * rt / bare);
     println!(
         "job ledger          : {rows:.0} rows in {commits:.0} group commits (mean {:.1} rows/commit)",

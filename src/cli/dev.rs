@@ -15,7 +15,12 @@ pub async fn run(g: &Global, a: DevArgs) -> anyhow::Result<()> {
     super::migrate::apply(g).await?;
     let declared = super::topology::declare(g).await?;
     tracing::info!(queues = declared.queues.len(), "topology declared");
-    let queues = g.topology()?.queues().iter().map(|q| q.name.clone()).collect();
+    let queues = g
+        .topology()?
+        .queues()
+        .iter()
+        .map(|q| q.name.clone())
+        .collect();
     super::worker::run(
         g,
         WorkerArgs {

@@ -56,10 +56,13 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--payload-file {}: cannot read", path.display()))?;
         ("--payload-file", s)
     } else {
-        ("--payload", a.payload.clone().unwrap_or_else(|| "{}".into()))
+        (
+            "--payload",
+            a.payload.clone().unwrap_or_else(|| "{}".into()),
+        )
     };
-    let payload: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{source} is not valid JSON"))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
     let body = serde_json::to_vec(&payload)?;
 
     let topology = g.topology()?;

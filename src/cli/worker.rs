@@ -10,7 +10,12 @@ use warren_workers::{Registry, Worker, WorkerConfig};
 pub struct WorkerArgs {
     /// Queue to consume, by short name (repeat or comma-separate). Built in: default
     /// (demo.#), renewals.pagarme, renewals.appmax, cron; more in the config file.
-    #[arg(long = "queue", env = "WARREN_QUEUES", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "queue",
+        env = "WARREN_QUEUES",
+        value_delimiter = ',',
+        required = true
+    )]
     pub queues: Vec<String>,
     /// Unacked deliveries per queue (basic.qos): the most jobs one queue runs at once.
     #[arg(long, env = "WARREN_PREFETCH", default_value_t = 32,

@@ -152,7 +152,16 @@ async fn process(
             returns + 1,
             queue.delivery_limit
         );
-        return dead_letter(s, queue, d, key, attempt, DeadLetterKind::DeliveryLimit, &msg).await;
+        return dead_letter(
+            s,
+            queue,
+            d,
+            key,
+            attempt,
+            DeadLetterKind::DeliveryLimit,
+            &msg,
+        )
+        .await;
     }
 
     let Some(handler) = s.registry.get(&key.task) else {
@@ -193,8 +202,7 @@ async fn process(
 
     let timeout = handler.timeout();
     let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await
-    {
+    let result = match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(Failure::Task(e)),
         Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
@@ -206,13 +214,19 @@ async fn process(
 
     let (error, retryable, exhausted_kind) = match result {
         Ok(()) => {
-            s.ledger.finish(key.clone(), Status::Succeeded, None).await?;
+            s.ledger
+                .finish(key.clone(), Status::Succeeded, None)
+                .await?;
             tracing::debug!(elapsed = ?started.elapsed(), "job succeeded");
             return Ok(Outcome::Succeeded);
         }
         Err(Failure::Task(TaskError::Permanent(m))) => (m, false, DeadLetterKind::Permanent),
         Err(Failure::Task(TaskError::Retryable(m))) => (m, true, DeadLetterKind::Exhausted),
-        Err(Failure::Panic(m)) => (format!("handler panicked: {m}"), true, DeadLetterKind::Exhausted),
+        Err(Failure::Panic(m)) => (
+            format!("handler panicked: {m}"),
+            true,
+            DeadLetterKind::Exhausted,
+        ),
         Err(Failure::Timeout(t)) => (
             format!("attempt timed out after {}", humantime_secs(t)),
             true,

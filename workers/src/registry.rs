@@ -116,7 +116,9 @@ mod tests {
         assert!(e.starts_with("payload at $.mode: unknown variant"), "{e}");
         let e = decode::<DemoFail>(b"{not json").unwrap_err().0;
         assert!(e.starts_with("body is not valid JSON"), "{e}");
-        let e = decode::<DemoFail>(br#"{"mode":"permanent"} trailing"#).unwrap_err().0;
+        let e = decode::<DemoFail>(br#"{"mode":"permanent"} trailing"#)
+            .unwrap_err()
+            .0;
         assert!(e.starts_with("body is not valid JSON"), "{e}");
         let e = decode::<DemoFail>(b"[]").unwrap_err().0;
         assert!(e.starts_with("payload: invalid type"), "{e}");

@@ -165,8 +165,8 @@ impl Worker {
         self.health.set("broker", false);
         metrics::gauge!(names::BROKER_CONNECTED).set(0.0);
         match result {
-            Ok(Some(conn)) => {
-                let _ = conn.close(200, "worker shutting down".into()).await;
+            Ok(Some(open)) => {
+                let _ = open.conn.close(200, "worker shutting down".into()).await;
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -180,7 +180,7 @@ impl Worker {
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
         sessions: &mut u64,
-    ) -> Result<lapin::Connection, WorkerError> {
+    ) -> Result<Open, WorkerError> {
         let conn = warren_core::broker::connect(&self.cfg.amqp_url, "worker").await?;
         let setup = conn.create_channel().await?;
         self.topology.declare(&setup).await?;
@@ -241,7 +241,7 @@ impl Worker {
                 Some(r) = loops.join_next() => {
                     break match r {
                         Ok(Err(e)) => Err(e),
-                        Ok(Ok(())) => Ok(()),
+                        Ok(Ok(_)) => Ok(()),
                         Err(join) => Err(WorkerError::Connection(join.to_string())),
                     };
                 }
@@ -253,16 +253,33 @@ impl Worker {
             }
         };
         stop.cancel();
-        if ended.is_ok() {
-            // Graceful: no new deliveries; the caller drains while acks still work.
-            for (ch, tag) in &cancel {
-                let _ = ch
-                    .basic_cancel(tag.clone(), BasicCancelOptions::default())
-                    .await;
+        ended?;
+        // Graceful: no new deliveries; the caller drains while acks still work. lapin closes
+        // a channel when its last Channel and Consumer handles drop, so keep them all.
+        let mut consumers = Vec::new();
+        while let Some(r) = loops.join_next().await {
+            if let Ok(Ok(c)) = r {
+                consumers.push(c);
             }
         }
-        ended.map(|()| conn)
+        for (ch, tag) in &cancel {
+            let _ = ch
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await;
+        }
+        Ok(Open {
+            conn,
+            _channels: cancel.into_iter().map(|(ch, _)| ch).collect(),
+            _consumers: consumers,
+        })
     }
+}
+
+/// A session stopped for shutdown: everything that must stay open while in-flight jobs ack.
+struct Open {
+    conn: lapin::Connection,
+    _channels: Vec<Channel>,
+    _consumers: Vec<Consumer>,
 }
 
 async fn consume(
@@ -271,11 +288,11 @@ async fn consume(
     session: Arc<Session>,
     tracker: TaskTracker,
     stop: CancellationToken,
-) -> Result<(), WorkerError> {
+) -> Result<Consumer, WorkerError> {
     loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(consumer),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     tracker.spawn(execute::handle(session.clone(), queue.clone(), delivery));

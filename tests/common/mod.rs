@@ -1,0 +1,459 @@
+//! Harness for whole-system tests: a fresh namespace and database per test, the real
+//! `warren` binary, the real RabbitMQ and PostgreSQL on this machine.
+#![allow(dead_code)]
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use sqlx::PgPool;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_warren")
+}
+
+/// One test's world: namespace, database, config file, broker connection.
+pub struct TestEnv {
+    pub ns: String,
+    pub db_name: String,
+    pub db_url: String,
+    pub config_path: std::path::PathBuf,
+    pub conn: Connection,
+    pub ch: Channel,
+    pub pool: PgPool,
+}
+
+/// Tiers short enough for tests; a default queue that gives up on crash loops quickly.
+pub const FAST_CONFIG: &str = r#"
+[retry]
+tiers = ["200ms", "600ms", "1500ms", "3s"]
+"#;
+
+impl TestEnv {
+    /// Creates the namespace's database (through `warren migrate`) and topology (through
+    /// `warren topology`), with the given config file contents.
+    pub async fn new(config: &str) -> Self {
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let ns = format!("wt-{tag}");
+        let db_name = format!("wt_{tag}");
+        let db_url = format!("{PG_BASE}/{db_name}");
+        let config_path = std::env::temp_dir().join(format!("{ns}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must run on 127.0.0.1:5672 (scripts/services.sh starts it)");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut env = Self {
+            ns,
+            db_name,
+            db_url,
+            config_path,
+            conn,
+            ch,
+            pool: PgPool::connect_lazy("postgres://postgres@127.0.0.1:5432/postgres").unwrap(),
+        };
+        let out = env.run(&["migrate"]);
+        assert!(out.status.success(), "migrate failed: {}", stderr(&out));
+        let out = env.run(&["topology"]);
+        assert!(out.status.success(), "topology failed: {}", stderr(&out));
+        env.pool = PgPool::connect(&env.db_url).await.unwrap();
+        env
+    }
+
+    /// A `warren` command with this test's environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("AMQP_URL", AMQP_URL)
+            .env("DATABASE_URL", &self.db_url)
+            .env("WARREN_NAMESPACE", &self.ns)
+            .env("WARREN_CONFIG", &self.config_path)
+            .env("WARREN_METRICS_ADDR", "127.0.0.1:0")
+            .env("WARREN_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().expect("warren runs")
+    }
+
+    /// Starts `warren worker ARGS` with its telemetry on a free port.
+    pub fn worker(&self, args: &[&str]) -> Worker {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}-worker-{port}.log", self.ns));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command(&[&["worker"], args].concat())
+            .env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("worker starts");
+        Worker { child, port, log }
+    }
+
+    pub fn queue(&self, short: &str) -> String {
+        format!("{}.{short}", self.ns)
+    }
+
+    /// Publishes like any AMQP client would: routing key = task, JSON body, confirmed.
+    pub async fn publish(&self, task: &str, body: &[u8], props: BasicProperties) {
+        let confirm = self
+            .ch
+            .basic_publish(
+                format!("{}.jobs", self.ns).as_str().into(),
+                task.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(
+            confirm,
+            lapin::Confirmation::Ack(None),
+            "publish of {task} not routed"
+        );
+    }
+
+    /// Publishes a JSON job with the given id and returns the id.
+    pub async fn publish_json(&self, task: &str, payload: serde_json::Value, id: &str) -> String {
+        let props = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        self.publish(task, payload.to_string().as_bytes(), props)
+            .await;
+        id.to_owned()
+    }
+
+    pub async fn job(&self, id: &str) -> Option<JobRow> {
+        sqlx::query_as::<_, (String, i32, Option<String>)>(
+            "SELECT status::text, attempts, last_error FROM job_runs WHERE job_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
+        .map(|(status, attempts, last_error)| JobRow {
+            status,
+            attempts,
+            last_error,
+        })
+    }
+
+    pub async fn count_status(&self, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE status::text = $1")
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the job's ledger row has `status`.
+    pub async fn wait_status(&self, id: &str, status: &str, within: Duration) -> JobRow {
+        let deadline = Instant::now() + within;
+        loop {
+            let row = self.job(id).await;
+            if let Some(r) = &row {
+                if r.status == status {
+                    return row.unwrap();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not {status} within {within:?}; ledger row: {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ready messages in a queue (passive declare).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// Takes one message from a queue (acks it), waiting up to `within` for one.
+    pub async fn take(&self, queue: &str, within: Duration) -> lapin::message::Delivery {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(m) = self
+                .ch
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
+                m.delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                return m.delivery;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no message in {queue} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An exclusive queue bound to `<ns>.jobs` with `key`: sees every (re)publish of a task,
+    /// including retries coming back from the delay tiers.
+    pub async fn spy(&self, key: &str) -> lapin::Consumer {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        ch.queue_bind(
+            q.name().clone(),
+            format!("{}.jobs", self.ns).as_str().into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Deletes the namespace's queues and exchanges and drops its database.
+    pub async fn cleanup(self) {
+        let file = warren_core_config(&self.config_path);
+        let topo = warren_core::topology::Topology::new(&self.ns, &file).unwrap();
+        if let Ok(ch) = self.conn.create_channel().await {
+            let _ = topo.delete(&ch).await;
+        }
+        let _ = self.conn.close(200, "".into()).await;
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&format!("{PG_BASE}/postgres")).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&admin)
+            .await;
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+fn warren_core_config(path: &std::path::Path) -> warren_core::config::FileConfig {
+    warren_core::config::FileConfig::load(Some(path)).unwrap()
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// A running `warren worker` process.
+pub struct Worker {
+    pub child: Child,
+    pub port: u16,
+    pub log: std::path::PathBuf,
+}
+
+impl Worker {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200 (broker and database up).
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = reqwest::get(self.url("/readyz")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("worker exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn readyz_status(&self) -> Option<u16> {
+        reqwest::get(self.url("/readyz"))
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for exit; panics after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker still running after {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A header as text, for assertions.
+pub fn header(d: &lapin::message::Delivery, key: &str) -> Option<String> {
+    let h = d.properties.headers().as_ref()?;
+    match h.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Sum of a Prometheus sample across the label sets containing every `must` fragment.
+pub fn metric(text: &str, name: &str, must: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && must.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `f` until it returns true.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Receives the next message from a spy consumer, with its arrival time.
+pub async fn next_arrival(
+    c: &mut lapin::Consumer,
+    within: Duration,
+) -> (Instant, lapin::message::Delivery) {
+    let d = tokio::time::timeout(within, c.next())
+        .await
+        .expect("spy saw nothing in time")
+        .expect("spy stream ended")
+        .expect("spy delivery");
+    (Instant::now(), d)
+}

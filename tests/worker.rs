@@ -1,0 +1,550 @@
+//! Whole-system tests of `warren worker`, `warren topology` and `warren publish` against the
+//! real RabbitMQ and PostgreSQL. Each test has its own namespace and database, so they run
+//! in parallel. Tests that stop or restart a service live in `faults.rs`.
+
+mod common;
+
+use common::*;
+use lapin::BasicProperties;
+use serde_json::json;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Acceptance: a job from a plain AMQP client (no Warren headers) is run and recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_amqp_job_runs_and_is_recorded_succeeded() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let job = env
+        .publish_json("demo.noop", json!({"hello": "world"}), &id())
+        .await;
+    let row = env.wait_status(&job, "succeeded", T).await;
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.last_error, None);
+    assert_eq!(env.ready(&env.queue("default")).await, 0);
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Semantic 4: a job id that succeeded is acked as `duplicate` and not run again, whether
+/// redelivered or re-published.
+#[tokio::test(flavor = "multi_thread")]
+async fn succeeded_job_id_is_not_run_again() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let job = env.publish_json("demo.noop", json!({}), &id()).await;
+    env.wait_status(&job, "succeeded", T).await;
+    // Re-publish the same id twice, plus a sleep job so we know the worker got that far.
+    env.publish_json("demo.noop", json!({}), &job).await;
+    env.publish_json("demo.noop", json!({}), &job).await;
+    let marker = env
+        .publish_json("demo.sleep", json!({"ms": 1}), &id())
+        .await;
+    env.wait_status(&marker, "succeeded", T).await;
+    eventually(T, "two duplicates counted", || async {
+        metric(
+            &w.metrics().await,
+            "warren_jobs_processed_total",
+            &["outcome=\"duplicate\""],
+        ) == 2.0
+    })
+    .await;
+    let row = env.job(&job).await.unwrap();
+    assert_eq!(row.attempts, 1, "a succeeded job ran again: {row:?}");
+    assert_eq!(env.ready(&env.queue("default")).await, 0);
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Acceptance + semantic 5: retryable failures go through growing delay tiers, then the DLQ
+/// as `exhausted` with the brief's headers and the original body.
+#[tokio::test(flavor = "multi_thread")]
+async fn retryable_failure_backs_off_then_dead_letters_exhausted() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut spy = env.spy("demo.fail").await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let body = json!({"mode": "retryable"});
+    let job = env.publish_json("demo.fail", body.clone(), &id()).await;
+
+    // The spy sees the original publish and each retry as it comes back from its tier.
+    let mut arrivals = Vec::new();
+    for _ in 0..5 {
+        let (at, d) = next_arrival(&mut spy, T).await;
+        assert_eq!(d.properties.message_id().as_ref().unwrap().as_str(), job);
+        arrivals.push((at, header(&d, "x-attempt")));
+    }
+    let attempts: Vec<_> = arrivals.iter().map(|(_, a)| a.clone()).collect();
+    assert_eq!(
+        attempts,
+        vec![
+            None,
+            Some("2".into()),
+            Some("3".into()),
+            Some("4".into()),
+            Some("5".into())
+        ]
+    );
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    // Tiers are 200ms, 600ms, 1500ms, 3s: every gap is at least its tier, and they grow.
+    for (gap, tier) in gaps.iter().zip([200u64, 600, 1500, 3000]) {
+        assert!(*gap >= Duration::from_millis(tier - 50), "gaps {gaps:?}");
+    }
+    assert!(
+        gaps.windows(2).all(|p| p[1] > p[0]),
+        "delays do not grow: {gaps:?}"
+    );
+
+    let dl = env.take(&format!("{}.default.dlq", env.ns), T).await;
+    assert_eq!(header(&dl, "x-error-kind").as_deref(), Some("exhausted"));
+    assert_eq!(header(&dl, "x-attempts").as_deref(), Some("5"));
+    assert_eq!(
+        header(&dl, "x-original-routing-key").as_deref(),
+        Some("demo.fail")
+    );
+    assert!(header(&dl, "x-error").unwrap().contains("asked to fail"));
+    assert!(header(&dl, "x-failed-at").unwrap().ends_with('Z'));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&dl.data).unwrap(),
+        body
+    );
+    assert_eq!(dl.properties.message_id().as_ref().unwrap().as_str(), job);
+    let row = env.wait_status(&job, "dead_lettered", T).await;
+    assert_eq!(row.attempts, 5);
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Acceptance + semantic 5: permanent, malformed and unknown-task go to the DLQ at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_malformed_and_unknown_task_dead_letter_at_once() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let permanent = env
+        .publish_json("demo.fail", json!({"mode": "permanent"}), &id())
+        .await;
+    let bad_field = env
+        .publish_json("demo.fail", json!({"mode": "explode"}), &id())
+        .await;
+    let unknown = env.publish_json("demo.nonexistent", json!({}), &id()).await;
+    let not_json = id();
+    env.publish(
+        "demo.sleep",
+        b"{not json",
+        BasicProperties::default().with_message_id(not_json.as_str().into()),
+    )
+    .await;
+
+    let dlq = format!("{}.default.dlq", env.ns);
+    let mut kinds = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let d = env.take(&dlq, T).await;
+        let id = d.properties.message_id().as_ref().unwrap().to_string();
+        assert_eq!(
+            header(&d, "x-attempts").as_deref(),
+            Some("1"),
+            "{id} was retried"
+        );
+        kinds.insert(
+            id,
+            (
+                header(&d, "x-error-kind").unwrap(),
+                header(&d, "x-error").unwrap(),
+            ),
+        );
+    }
+    assert_eq!(kinds[&permanent].0, "permanent");
+    assert_eq!(kinds[&bad_field].0, "malformed");
+    assert!(
+        kinds[&bad_field].1.contains("$.mode"),
+        "{:?}",
+        kinds[&bad_field]
+    );
+    assert_eq!(kinds[&unknown].0, "unknown-task");
+    assert!(kinds[&unknown].1.contains("demo.nonexistent"));
+    assert_eq!(kinds[&not_json].0, "malformed");
+    assert!(kinds[&not_json].1.contains("not valid JSON"));
+    for job in [&permanent, &bad_field, &unknown, &not_json] {
+        assert_eq!(env.wait_status(job, "dead_lettered", T).await.attempts, 1);
+    }
+    // Nothing was retried.
+    assert_eq!(env.count_status("failed").await, 0);
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Semantic 6 (first half): a handler panic fails the job, not the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_panic_does_not_kill_the_worker() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let props = BasicProperties::default()
+        .with_message_id(id().as_str().into())
+        .with_headers({
+            let mut h = lapin::types::FieldTable::default();
+            h.insert("x-max-attempts".into(), lapin::types::AMQPValue::LongInt(2));
+            h
+        });
+    env.publish("demo.fail", br#"{"mode":"panic"}"#, props)
+        .await;
+    let dl = env.take(&format!("{}.default.dlq", env.ns), T).await;
+    assert_eq!(header(&dl, "x-error-kind").as_deref(), Some("exhausted"));
+    assert!(header(&dl, "x-error").unwrap().contains("panicked"));
+    assert_eq!(header(&dl, "x-attempts").as_deref(), Some("2"));
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "worker died:\n{}",
+        w.logs()
+    );
+    let after = env.publish_json("demo.noop", json!({}), &id()).await;
+    env.wait_status(&after, "succeeded", T).await;
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Semantic 2: in-flight never exceeds the prefetch, and reaches it under load.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_never_exceeds_prefetch() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(
+            env.publish_json("demo.sleep", json!({"ms": 400}), &id())
+                .await,
+        );
+    }
+    let mut w = env.worker(&["--queue", "default", "--prefetch", "3"]);
+    w.wait_ready(T).await;
+    let mut max_running = 0;
+    let mut max_gauge = 0.0f64;
+    while env.count_status("succeeded").await < 12 {
+        max_running = max_running.max(env.count_status("running").await);
+        let g = metric(
+            &w.metrics().await,
+            "warren_jobs_in_flight",
+            &["queue=\"default\""],
+        );
+        max_gauge = max_gauge.max(g);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(max_running, 3, "running jobs peaked at {max_running}");
+    assert!(
+        max_gauge <= 3.0 && max_gauge >= 2.0,
+        "in-flight gauge peaked at {max_gauge}"
+    );
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Acceptance: /metrics after a run has outcome counters and duration buckets.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_outcomes_and_duration_buckets() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    assert_eq!(w.readyz_status().await, Some(200));
+    let ok = env
+        .publish_json("demo.sleep", json!({"ms": 20}), &id())
+        .await;
+    let bad = env
+        .publish_json("demo.fail", json!({"mode": "permanent"}), &id())
+        .await;
+    env.wait_status(&ok, "succeeded", T).await;
+    env.wait_status(&bad, "dead_lettered", T).await;
+    let m = w.metrics().await;
+    let processed = |outcome: &str| {
+        metric(
+            &m,
+            "warren_jobs_processed_total",
+            &["queue=\"default\"", &format!("outcome=\"{outcome}\"")],
+        )
+    };
+    assert_eq!(processed("succeeded"), 1.0, "{m}");
+    assert_eq!(processed("dead_lettered"), 1.0, "{m}");
+    assert!(
+        m.contains("# TYPE warren_job_duration_seconds histogram"),
+        "{m}"
+    );
+    let sleep_buckets: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("warren_job_duration_seconds_bucket") && l.contains("demo.sleep"))
+        .collect();
+    assert!(
+        sleep_buckets.len() >= 10,
+        "too few buckets: {sleep_buckets:?}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "warren_job_duration_seconds_bucket",
+            &["task=\"demo.sleep\"", "le=\"0.01\""]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "warren_job_duration_seconds_bucket",
+            &["task=\"demo.sleep\"", "le=\"+Inf\""]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "warren_broker_connected", &[]), 1.0);
+    assert!(metric(&m, "warren_published_total", &["outcome=\"confirmed\""]) >= 1.0);
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Acceptance: topology is idempotent, quorum, delivery-limited, with DLQs and tiers looping
+/// back to the work exchange; a mismatch is a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn topology_is_idempotent_and_reports_mismatches() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let a = env.run(&["topology"]);
+    let b = env.run(&["topology"]);
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(stdout(&a), stdout(&b));
+    let out = stdout(&a);
+    for q in ["default", "renewals.pagarme", "renewals.appmax", "cron"] {
+        let work = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{}.{q} ", env.ns)))
+            .unwrap_or_else(|| panic!("no work queue {q} in\n{out}"));
+        assert!(
+            work.contains("queue-type=quorum") && work.contains("delivery-limit=10"),
+            "{work}"
+        );
+        assert!(
+            work.contains(&format!("dead-letter-exchange={}.dlx", env.ns)),
+            "{work}"
+        );
+        assert!(
+            out.contains(&format!("{}.{q}.dlq ", env.ns)),
+            "no dlq for {q}"
+        );
+    }
+    let tiers: Vec<&str> = out.lines().filter(|l| l.contains(" delay ")).collect();
+    assert_eq!(tiers.len(), 4, "{out}");
+    for t in tiers {
+        assert!(
+            t.contains(&format!("dead-letter-exchange={}.jobs", env.ns)),
+            "{t}"
+        );
+        assert!(t.contains("message-ttl="), "{t}");
+    }
+
+    // A queue of the same name declared by someone else, differently.
+    let other = TestEnv::new(FAST_CONFIG).await;
+    let ch = other.conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        other.queue("cron").as_str().into(),
+        lapin::options::QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        other.queue("cron").as_str().into(),
+        lapin::options::QueueDeclareOptions::durable(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let out = other.run(&["topology"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("queue {}.cron already exists", other.ns))
+            && err.contains("different arguments"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    env.cleanup().await;
+    other.cleanup().await;
+}
+
+/// Unknown queue names and bad publish input are clear CLI errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_errors_name_the_problem() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let out = env.run(&["worker", "--queue", "nope"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("unknown queue \"nope\"") && err.contains("default, renewals.pagarme"),
+        "{err}"
+    );
+    let out = env.run(&["publish", "demo.noop", "--payload", "{oops"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--payload is not valid JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["publish", "no.such.task"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("\"no.such.task\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["publish", "demo.noop", "--count", "250"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("published 250 demo.noop jobs"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.ready(&env.queue("default")).await, 250);
+    env.cleanup().await;
+}
+
+/// Semantic 7: SIGTERM drains in-flight jobs and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_jobs_then_exits_zero() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default", "--prefetch", "2", "--grace", "20s"]);
+    w.wait_ready(T).await;
+    let a = env
+        .publish_json("demo.sleep", json!({"ms": 1500}), &id())
+        .await;
+    let b = env
+        .publish_json("demo.sleep", json!({"ms": 1500}), &id())
+        .await;
+    env.wait_status(&a, "running", T).await;
+    env.wait_status(&b, "running", T).await;
+    let later = env.publish_json("demo.noop", json!({}), &id()).await;
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit {status}:\n{}", w.logs());
+    assert_eq!(env.job(&a).await.unwrap().status, "succeeded");
+    assert_eq!(env.job(&b).await.unwrap().status, "succeeded");
+    // The job published after the signal was not started: it waits in the queue.
+    assert!(env.job(&later).await.is_none());
+    assert_eq!(env.ready(&env.queue("default")).await, 1);
+    env.cleanup().await;
+}
+
+/// Semantic 7: past the grace period the worker exits 0 and the job returns to the queue;
+/// a second signal exits at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn grace_expiry_returns_jobs_and_second_signal_exits_at_once() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default", "--grace", "1s"]);
+    w.wait_ready(T).await;
+    let long = env
+        .publish_json("demo.sleep", json!({"ms": 60000}), &id())
+        .await;
+    env.wait_status(&long, "running", T).await;
+    let t0 = std::time::Instant::now();
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit {status}:\n{}", w.logs());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    eventually(T, "the unfinished job back in the queue", || async {
+        env.ready(&env.queue("default")).await == 1
+    })
+    .await;
+
+    let mut w = env.worker(&["--queue", "default", "--grace", "60s"]);
+    w.wait_ready(T).await;
+    eventually(T, "the job restarted", || async {
+        env.job(&long).await.is_some_and(|r| r.attempts == 2)
+    })
+    .await;
+    w.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    w.signal("INT");
+    let status = w.wait_exit(Duration::from_secs(5)).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "second signal was not immediate"
+    );
+    assert_eq!(status.code(), Some(130), "{}", w.logs());
+    env.cleanup().await;
+}
+
+/// Semantic 8 (consumer cancel): the broker cancelling the consumer (queue deleted) makes the
+/// worker reconnect and redeclare; work continues.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_consumer_cancel_is_recovered() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let ch = env.conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        env.queue("default").as_str().into(),
+        lapin::options::QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    // The worker redeclares the queue (and its binding) when it reconnects.
+    eventually(T, "queue redeclared with a consumer", || async {
+        let ch = env.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                env.queue("default").as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        q.is_ok_and(|q| q.consumer_count() == 1)
+    })
+    .await;
+    let job = env.publish_json("demo.noop", json!({}), &id()).await;
+    env.wait_status(&job, "succeeded", T).await;
+    assert!(metric(&w.metrics().await, "warren_broker_reconnects_total", &[]) >= 1.0);
+    drop(w);
+    env.cleanup().await;
+}
+
+/// Semantic 6 (second half): a message that kills the worker process every time is ended by
+/// the delivery limit, with the dead-letter headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_loop_is_dead_lettered_by_the_delivery_limit() {
+    let config = format!("{FAST_CONFIG}\n[queues.default]\ndelivery_limit = 2\n");
+    let env = TestEnv::new(&config).await;
+    let job = env
+        .publish_json("demo.sleep", json!({"ms": 60000}), &id())
+        .await;
+    // delivery_limit = 2: the broker may return the message twice. Two workers die on it;
+    // the third delivery is the last the broker allows, and the worker dead-letters it
+    // instead of running it a third time.
+    for attempt in 1..=2 {
+        let mut w = env.worker(&["--queue", "default"]);
+        w.wait_ready(T).await;
+        eventually(T, "the job running", || async {
+            env.job(&job)
+                .await
+                .is_some_and(|r| r.status == "running" && r.attempts == attempt)
+        })
+        .await;
+        w.kill9();
+    }
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let dl = env.take(&format!("{}.default.dlq", env.ns), T).await;
+    assert_eq!(
+        header(&dl, "x-error-kind").as_deref(),
+        Some("delivery-limit")
+    );
+    assert!(header(&dl, "x-error")
+        .unwrap()
+        .contains("delivered 3 times"));
+    let row = env.wait_status(&job, "dead_lettered", T).await;
+    assert_eq!(row.attempts, 2, "the crash-looping job ran again: {row:?}");
+    drop(w);
+    env.cleanup().await;
+}
