@@ -7,8 +7,8 @@
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
 use lapin::types::FieldTable;
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
 use warren_core::envelope::{self, json_properties};

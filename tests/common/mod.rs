@@ -71,6 +71,23 @@ impl TestEnv {
         env
     }
 
+    /// New broker connection and pool after a service restart; same namespace and database.
+    pub async fn reconnect(self) -> Self {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Self {
+            conn,
+            ch,
+            pool: PgPool::connect(&self.db_url).await.unwrap(),
+            ..self
+        }
+    }
+
     /// A `warren` command with this test's environment.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
