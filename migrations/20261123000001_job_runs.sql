@@ -7,7 +7,7 @@ CREATE TABLE job_runs (
     task         text        NOT NULL,             -- routing key
     queue        text        NOT NULL,             -- work queue short name
     status       job_status  NOT NULL,
-    attempts     integer     NOT NULL DEFAULT 1,   -- executions started (redeliveries included)
+    attempts     integer     NOT NULL DEFAULT 0,   -- handler executions started (redeliveries included)
     last_error   text,
     created_at   timestamptz NOT NULL DEFAULT now(),
     started_at   timestamptz NOT NULL DEFAULT now(),
@@ -15,5 +15,6 @@ CREATE TABLE job_runs (
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX job_runs_status_updated ON job_runs (status, updated_at);
-CREATE INDEX job_runs_task_created ON job_runs (task, created_at);
+-- What operators look for (running, failed, dead-lettered jobs). Succeeded rows, the vast
+-- majority, stay out of it so the hot path writes only the heap row and the primary key.
+CREATE INDEX job_runs_unfinished ON job_runs (status, updated_at) WHERE status <> 'succeeded';

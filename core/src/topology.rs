@@ -203,10 +203,21 @@ impl Topology {
     pub fn dlq_name(&self, short: &str) -> String {
         format!("{}.{short}.dlq", self.namespace)
     }
-    /// Exchange and queue name of delay tier `i` (the same string for both).
+    /// Exchange and queue name of delay tier `i` (the same string for both), in the
+    /// largest whole unit: `1s`, `90s`, `2m`, `1h`, `1500ms`.
     pub fn tier_name(&self, i: usize) -> String {
         let d = self.tiers[i.min(self.tiers.len() - 1)];
-        format!("{}.delay.{}", self.namespace, humantime::format_duration(d))
+        let ms = d.as_millis();
+        let label = if !ms.is_multiple_of(1000) {
+            format!("{ms}ms")
+        } else if ms.is_multiple_of(3_600_000) {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            format!("{}m", ms / 60_000)
+        } else {
+            format!("{}s", ms / 1000)
+        };
+        format!("{}.delay.{label}", self.namespace)
     }
 
     /// Resolves a short queue name, or says which ones exist.
@@ -443,6 +454,10 @@ mod tests {
         assert_eq!(t.tier_name(0), "wt-x.delay.1s");
         assert_eq!(t.tier_name(3), "wt-x.delay.2m");
         assert_eq!(t.tier_name(99), "wt-x.delay.1h");
+        let odd: FileConfig = toml::from_str("[retry]\ntiers=[\"1500ms\",\"90s\",\"2h\"]").unwrap();
+        let t = Topology::new("n", &odd).unwrap();
+        let names: Vec<String> = (0..3).map(|i| t.tier_name(i)).collect();
+        assert_eq!(names, ["n.delay.1500ms", "n.delay.90s", "n.delay.2h"]);
     }
 
     #[test]

@@ -15,22 +15,20 @@ use lapin::types::FieldTable;
 use std::time::{Duration, Instant};
 use warren_core::{db, telemetry};
 use warren_producer::{Producer, PublishOptions};
-use warren_workers::{Registry, Worker, WorkerConfig};
+use warren_workers::{Registry, Worker};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Jobs per run.
     #[arg(long, env = "WARREN_BENCH_JOBS", default_value_t = 20_000)]
     pub jobs: u64,
-    /// Prefetch for both consumers.
-    #[arg(long, env = "WARREN_PREFETCH", default_value_t = 256)]
-    pub prefetch: u16,
     /// Rounds; each runs the bare consumer then the runtime.
-    #[arg(long, env = "WARREN_BENCH_ROUNDS", default_value_t = 2)]
+    #[arg(long, env = "WARREN_BENCH_ROUNDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
-    /// Most job-ledger rows per group commit.
-    #[arg(long, env = "WARREN_LEDGER_BATCH", default_value_t = 256)]
-    pub ledger_batch: u16,
+    /// The worker's settings; the bare consumer uses the same prefetch.
+    #[command(flatten)]
+    pub tuning: super::worker::Tuning,
 }
 
 pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
@@ -43,18 +41,19 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
     let conn = g.connect("bench").await?;
     let producer = Producer::new(&conn, topology.jobs_exchange()).await?;
     let queue = topology.queue_name("default");
-    let pool = db::lazy_pool(&g.database_url, 4)?;
+    let pool = db::lazy_pool(&g.database_url, a.tuning.pool_size())?;
     let metrics = telemetry::metrics_handle();
 
     println!(
-        "warren bench: {} demo.noop jobs per run, prefetch {}, {} rounds, quorum queue {queue}",
-        a.jobs, a.prefetch, a.rounds
+        "warren bench: {} demo.noop jobs per run, prefetch {}, {} ledger writers, {} rounds, \
+         quorum queue {queue}",
+        a.jobs, a.tuning.prefetch, a.tuning.ledger_writers, a.rounds
     );
     let (mut bare_rates, mut runtime_rates) = (Vec::new(), Vec::new());
     let mut rss_kib = 0;
     for round in 1..=a.rounds {
         publish(&producer, &run_id, round, "bare", a.jobs).await?;
-        let t = bare_drain(&conn, &queue, a.prefetch, a.jobs).await?;
+        let t = bare_drain(&conn, &queue, a.tuning.prefetch, a.jobs).await?;
         let bare = a.jobs as f64 / t.as_secs_f64();
         println!(
             "round {round}: bare lapin consumer  {:>9.0} jobs/s ({:.2}s)",
@@ -66,21 +65,21 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         publish(&producer, &run_id, round, "runtime", a.jobs).await?;
         let before = succeeded(&metrics.render());
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let health = telemetry::Health::new(&["broker", "database"]);
         let worker = Worker::new(
-            WorkerConfig {
-                amqp_url: g.amqp_url.clone(),
-                queues: vec!["default".into()],
-                prefetch: a.prefetch,
-                grace: Duration::from_secs(10),
-                ledger_batch: a.ledger_batch.into(),
-            },
+            a.tuning.config(&g.amqp_url, vec!["default".into()]),
             topology.clone(),
             Registry::with_builtin(),
             pool.clone(),
-            telemetry::Health::new(&["broker", "database"]),
+            health.clone(),
         )?;
-        let started = Instant::now();
         let handle = tokio::spawn(worker.run(shutdown.clone()));
+        // Time the drain, not connect + declare (the bare consumer's clock also starts
+        // once it consumes).
+        while !health.is_up("broker") {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
         while succeeded(&metrics.render()) - before < a.jobs as f64 {
             tokio::time::sleep(Duration::from_millis(10)).await;
             anyhow::ensure!(

@@ -1,14 +1,13 @@
 //! `warren dev`: the whole fleet in one process against local services.
 
-use super::{worker::WorkerArgs, Global};
+use super::worker::{Tuning, WorkerArgs};
+use super::Global;
 use clap::Args;
-use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Unacked deliveries per queue.
-    #[arg(long, env = "WARREN_PREFETCH", default_value_t = 32)]
-    pub prefetch: u16,
+    #[command(flatten)]
+    pub tuning: Tuning,
 }
 
 pub async fn run(g: &Global, a: DevArgs) -> anyhow::Result<()> {
@@ -25,9 +24,7 @@ pub async fn run(g: &Global, a: DevArgs) -> anyhow::Result<()> {
         g,
         WorkerArgs {
             queues,
-            prefetch: a.prefetch,
-            grace: Duration::from_secs(25),
-            ledger_batch: 256,
+            tuning: a.tuning,
         },
     )
     .await

@@ -17,8 +17,16 @@ pub struct WorkerArgs {
         required = true
     )]
     pub queues: Vec<String>,
-    /// Unacked deliveries per queue (basic.qos): the most jobs one queue runs at once.
-    #[arg(long, env = "WARREN_PREFETCH", default_value_t = 32,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// How a worker runs; shared by `worker`, `dev` and `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct Tuning {
+    /// Unacked deliveries per queue (basic.qos): the most jobs one queue runs at once, and
+    /// the depth the ledger's group commits can reach.
+    #[arg(long, env = "WARREN_PREFETCH", default_value_t = 256,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
     /// On SIGTERM/SIGINT, how long in-flight jobs get to finish before the worker exits and
@@ -26,24 +34,40 @@ pub struct WorkerArgs {
     #[arg(long, env = "WARREN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
     /// Most job-ledger rows written per group commit.
-    #[arg(long, env = "WARREN_LEDGER_BATCH", default_value_t = 256,
+    #[arg(long, env = "WARREN_LEDGER_BATCH", default_value_t = 512,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ledger_batch: u16,
+    /// Concurrent job-ledger writers (each uses one PostgreSQL connection while writing).
+    #[arg(long, env = "WARREN_LEDGER_WRITERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub ledger_writers: u8,
+}
+
+impl Tuning {
+    pub fn config(&self, amqp_url: &str, queues: Vec<String>) -> WorkerConfig {
+        WorkerConfig {
+            amqp_url: amqp_url.to_owned(),
+            queues,
+            prefetch: self.prefetch,
+            grace: self.grace,
+            ledger_batch: self.ledger_batch.into(),
+            ledger_writers: self.ledger_writers.into(),
+        }
+    }
+
+    /// Pool size: the writers plus room for handlers.
+    pub fn pool_size(&self) -> u32 {
+        u32::from(self.ledger_writers) + 4
+    }
 }
 
 pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
     let topology = g.topology()?;
     let health = telemetry::Health::new(&["broker", "database"]);
     telemetry::serve(g.metrics_addr, health.clone()).await?;
-    let pool = db::lazy_pool(&g.database_url, 4)?;
+    let pool = db::lazy_pool(&g.database_url, a.tuning.pool_size())?;
     let worker = Worker::new(
-        WorkerConfig {
-            amqp_url: g.amqp_url.clone(),
-            queues: a.queues,
-            prefetch: a.prefetch,
-            grace: a.grace,
-            ledger_batch: a.ledger_batch.into(),
-        },
+        a.tuning.config(&g.amqp_url, a.queues),
         topology,
         Registry::with_builtin(),
         pool,

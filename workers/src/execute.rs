@@ -2,13 +2,14 @@
 //! steps; the invariant is that the ack is the last thing, after every consequence of the
 //! delivery (ledger row, retry or dead letter) is durable.
 
-use crate::ledger::{Claim, JobKey, Ledger, Status};
+use crate::acks::{AckEvent, AckSender};
+use crate::ledger::{Check, Finish, JobKey, Ledger, Status, MARK_RUNNING_AFTER};
 use crate::registry::Registry;
 use crate::task::JobContext;
 use crate::TaskError;
 use futures::FutureExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use lapin::types::FieldTable;
 use sqlx::PgPool;
 use std::panic::AssertUnwindSafe;
@@ -81,8 +82,9 @@ impl Drop for InFlight {
     }
 }
 
-/// Processes one delivery to the end (see the module docs).
-pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery) {
+/// Processes one delivery to the end (see the module docs). The ack itself goes through the
+/// channel's ack batcher.
+pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, acks: AckSender) {
     let _gauge = InFlight::enter(&queue.name);
     let headers = d.properties.headers().as_ref();
     let task = d.routing_key.as_str().to_owned();
@@ -106,13 +108,7 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery) 
                 metrics::counter!(names::JOBS_PROCESSED, "queue" => queue.name.clone(),
                     "task" => key.task.clone(), "outcome" => outcome.as_str())
                 .increment(1);
-                match d.acker.ack(BasicAckOptions::default()).await {
-                    Ok(true) => tracing::debug!(outcome = outcome.as_str(), "acked"),
-                    Ok(false) | Err(_) => tracing::warn!(
-                        outcome = outcome.as_str(),
-                        "ack not delivered (channel closed); the broker will redeliver and the ledger will deduplicate"
-                    ),
-                }
+                acks.send(AckEvent::Done(d.delivery_tag));
             }
             Err(Abandon::Publish(e)) if !e.is_retryable() => {
                 // The consequence cannot be routed (topology damaged?). Requeue after a
@@ -126,6 +122,7 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery) 
                         ..Default::default()
                     })
                     .await;
+                acks.send(AckEvent::Settled(d.delivery_tag));
             }
             Err(e) => tracing::warn!(error = %e, "delivery left unacked; it will be redelivered"),
         }
@@ -152,12 +149,13 @@ async fn process(
             returns + 1,
             queue.delivery_limit
         );
+        let not_run = Attempt::not_run();
         return dead_letter(
             s,
             queue,
             d,
             key,
-            attempt,
+            &not_run,
             DeadLetterKind::DeliveryLimit,
             &msg,
         )
@@ -171,7 +169,17 @@ async fn process(
             key.task,
             known.join(", ")
         );
-        return dead_letter(s, queue, d, key, attempt, DeadLetterKind::UnknownTask, &msg).await;
+        let not_run = Attempt::not_run();
+        return dead_letter(
+            s,
+            queue,
+            d,
+            key,
+            &not_run,
+            DeadLetterKind::UnknownTask,
+            &msg,
+        )
+        .await;
     };
 
     let policy = handler.retry_policy();
@@ -191,18 +199,39 @@ async fn process(
     let fut = match handler.clone().start(&d.data, ctx) {
         Ok(fut) => fut,
         Err(m) => {
-            return dead_letter(s, queue, d, key, attempt, DeadLetterKind::Malformed, &m.0).await
+            let not_run = Attempt::not_run();
+            return dead_letter(s, queue, d, key, &not_run, DeadLetterKind::Malformed, &m.0).await;
         }
     };
 
-    if s.ledger.claim(key.clone()).await? == Claim::AlreadySucceeded {
+    if s.ledger.check(key.clone()).await? == Check::AlreadySucceeded {
         tracing::info!("job already succeeded; acking duplicate without running it");
         return Ok(Outcome::Duplicate);
     }
 
     let timeout = handler.timeout();
     let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+    let mut ran = Attempt {
+        started_at: chrono::Utc::now(),
+        delta: 1,
+    };
+    let run = tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind());
+    tokio::pin!(run);
+    // Jobs that outlive MARK_RUNNING_AFTER show up as `running` in the ledger.
+    let mark = tokio::time::sleep(MARK_RUNNING_AFTER);
+    tokio::pin!(mark);
+    let outcome = tokio::select! {
+        r = &mut run => r,
+        _ = &mut mark => {
+            // The mark must commit before the finish is queued, or a later batch could
+            // apply them out of order; the handler keeps running meanwhile.
+            let (marked, r) = tokio::join!(s.ledger.mark_running(key.clone()), &mut run);
+            marked?;
+            ran.delta = 0;
+            r
+        }
+    };
+    let result = match outcome {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(Failure::Task(e)),
         Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
@@ -215,7 +244,7 @@ async fn process(
     let (error, retryable, exhausted_kind) = match result {
         Ok(()) => {
             s.ledger
-                .finish(key.clone(), Status::Succeeded, None)
+                .finish(key.clone(), ran.finish(Status::Succeeded, None))
                 .await?;
             tracing::debug!(elapsed = ?started.elapsed(), "job succeeded");
             return Ok(Outcome::Succeeded);
@@ -234,13 +263,39 @@ async fn process(
         ),
     };
     if !retryable {
-        return dead_letter(s, queue, d, key, attempt, DeadLetterKind::Permanent, &error).await;
+        return dead_letter(s, queue, d, key, &ran, DeadLetterKind::Permanent, &error).await;
     }
     if attempt >= max_attempts {
         let msg = format!("{error} (attempt {attempt} of {max_attempts})");
-        return dead_letter(s, queue, d, key, attempt, exhausted_kind, &msg).await;
+        return dead_letter(s, queue, d, key, &ran, exhausted_kind, &msg).await;
     }
-    retry(s, d, key, attempt, &policy, &error).await
+    retry(s, d, key, attempt, &ran, &policy, &error).await
+}
+
+/// The ledger's view of this delivery's execution.
+struct Attempt {
+    started_at: chrono::DateTime<chrono::Utc>,
+    /// 1 if the handler ran and no mark counted it yet.
+    delta: i32,
+}
+
+impl Attempt {
+    /// Judged without running the handler (dead-lettered before it started).
+    fn not_run() -> Self {
+        Self {
+            started_at: chrono::Utc::now(),
+            delta: 0,
+        }
+    }
+
+    fn finish(&self, status: Status, error: Option<String>) -> Finish {
+        Finish {
+            status,
+            error,
+            attempt_delta: self.delta,
+            started_at: self.started_at,
+        }
+    }
 }
 
 async fn retry(
@@ -248,6 +303,7 @@ async fn retry(
     d: &Delivery,
     key: &JobKey,
     attempt: u32,
+    ran: &Attempt,
     policy: &crate::RetryPolicy,
     error: &str,
 ) -> Result<Outcome, Abandon> {
@@ -265,7 +321,10 @@ async fn retry(
         .publish_raw(&exchange, &key.task, &d.data, props)
         .await?;
     s.ledger
-        .finish(key.clone(), Status::Failed, Some(error.to_owned()))
+        .finish(
+            key.clone(),
+            ran.finish(Status::Failed, Some(error.to_owned())),
+        )
         .await?;
     tracing::warn!(%error, delay = ?tiers[tier], next_attempt = attempt + 1, "attempt failed; retry scheduled");
     Ok(Outcome::Retried)
@@ -276,10 +335,11 @@ async fn dead_letter(
     queue: &WorkQueue,
     d: &Delivery,
     key: &JobKey,
-    attempt: u32,
+    ran: &Attempt,
     kind: DeadLetterKind,
     error: &str,
 ) -> Result<Outcome, Abandon> {
+    let attempt = env::header_u64(d.properties.headers().as_ref(), env::H_ATTEMPT).unwrap_or(1);
     let mut headers = republish_headers(d);
     let error: String = error.chars().take(4000).collect();
     env::set_str(&mut headers, env::H_ERROR, &error);
@@ -290,7 +350,7 @@ async fn dead_letter(
         env::H_FAILED_AT,
         &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     );
-    env::set_int(&mut headers, env::H_ATTEMPTS, attempt.into());
+    env::set_int(&mut headers, env::H_ATTEMPTS, attempt);
     let props = d
         .properties
         .clone()
@@ -305,7 +365,10 @@ async fn dead_letter(
         )
         .await?;
     s.ledger
-        .finish(key.clone(), Status::DeadLettered, Some(error.clone()))
+        .finish(
+            key.clone(),
+            ran.finish(Status::DeadLettered, Some(error.clone())),
+        )
         .await?;
     tracing::error!(kind = kind.as_str(), %error, dlq = %s.topology.dlq_name(&queue.name), "job dead-lettered");
     Ok(Outcome::DeadLettered)

@@ -1,22 +1,28 @@
 //! The job ledger (`job_runs`), written by group commit.
 //!
-//! Every delivery makes two ledger writes: a *claim* before the handler runs (row becomes
-//! `running`, attempts + 1, unless it already `succeeded`: then the delivery is a
-//! duplicate) and a *finish* after (`succeeded`, `failed` = retry scheduled, or
-//! `dead_lettered`). Acks wait for the finish to commit.
+//! A delivery touches the ledger up to three times:
+//! - **check** before the handler runs: a job id whose row is `succeeded` is a duplicate
+//!   (acked, not run). This is a read.
+//! - **mark running** only if the handler is still running after [`MARK_RUNNING_AFTER`]:
+//!   the row becomes `running` and `attempts` grows by one. Short jobs skip this write, so
+//!   a fast job costs one ledger row write instead of two.
+//! - **finish**: `succeeded`, `failed` (a retry was published) or `dead_lettered`, with the
+//!   error; an attempt not yet counted by a mark is counted here. Acks wait for it.
 //!
-//! One writer task owns the database side. Callers queue their rows and wait; the writer
-//! takes everything queued (up to `max_batch`), writes it as one `unnest` statement per kind
-//! and wakes the callers. Under load the batches grow by themselves, so the ledger costs two
-//! round trips per batch rather than per job.
+//! One writer task owns the database side. Callers queue their ops and wait; the writer takes
+//! everything queued (up to `max_batch`) and runs it as **one statement** (finishes, marks
+//! and checks as `unnest` arrays in a CTE), so a batch costs one round trip and one commit.
+//! Under load the batches grow by themselves.
 //!
 //! When PostgreSQL fails, the writer keeps the batch and retries with capped backoff,
 //! marking the `database` health check down. Callers simply wait: no ack, no nack, so a
 //! database outage holds at most `prefetch` deliveries per queue and burns no delivery
 //! limits. Work resumes on its own when PostgreSQL returns.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use warren_core::telemetry::{names, Health};
@@ -48,13 +54,27 @@ pub struct JobKey {
     pub queue: String,
 }
 
-/// Result of a claim.
+/// Result of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// Run it; this is the job's `attempts`-th execution.
-    Run { attempts: i32 },
+pub enum Check {
+    /// Run it.
+    Run,
     /// The job already succeeded: ack as duplicate, do not run.
     AlreadySucceeded,
+}
+
+/// A handler still running after this long is marked `running` in the ledger.
+pub const MARK_RUNNING_AFTER: Duration = Duration::from_millis(200);
+
+/// The outcome of one delivery, for [`Ledger::finish`].
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub status: Status,
+    pub error: Option<String>,
+    /// Attempts to add: 1 when a handler ran and no mark counted it yet, else 0.
+    pub attempt_delta: i32,
+    /// When the handler started (or the delivery was judged, if nothing ran).
+    pub started_at: DateTime<Utc>,
 }
 
 /// The ledger writer has stopped (the worker is shutting down).
@@ -63,14 +83,15 @@ pub enum Claim {
 pub struct LedgerClosed;
 
 enum Op {
-    Claim(JobKey, oneshot::Sender<Claim>),
-    Finish(JobKey, Status, Option<String>, oneshot::Sender<()>),
+    Check(JobKey, oneshot::Sender<Check>),
+    Mark(JobKey, oneshot::Sender<()>),
+    Finish(JobKey, Finish, oneshot::Sender<()>),
 }
 
 impl Op {
     fn job_id(&self) -> &str {
         match self {
-            Op::Claim(k, _) | Op::Finish(k, ..) => &k.job_id,
+            Op::Check(k, _) | Op::Mark(k, _) | Op::Finish(k, ..) => &k.job_id,
         }
     }
 }
@@ -82,45 +103,67 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Starts the writer task. It stops when every handle is dropped.
-    pub fn start(pool: PgPool, health: Health, max_batch: usize) -> Self {
+    /// Starts `writers` writer tasks sharing one queue; they stop when every handle is
+    /// dropped. Several writers keep PostgreSQL busy while one batch commits. A job never
+    /// has two ops queued at once (check, then mark, then finish, each awaited), so
+    /// writers cannot reorder one job's ops.
+    pub fn start(pool: PgPool, health: Health, max_batch: usize, writers: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(writer(pool, health, rx, max_batch.max(1)));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(writer(
+                pool.clone(),
+                health.clone(),
+                rx.clone(),
+                max_batch.max(1),
+            ));
+        }
         Self { tx }
     }
 
-    pub async fn claim(&self, key: JobKey) -> Result<Claim, LedgerClosed> {
+    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, LedgerClosed> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Claim(key, tx))
-            .await
-            .map_err(|_| LedgerClosed)?;
+        self.tx.send(op(tx)).await.map_err(|_| LedgerClosed)?;
         rx.await.map_err(|_| LedgerClosed)
     }
 
-    pub async fn finish(
-        &self,
-        key: JobKey,
-        status: Status,
-        error: Option<String>,
-    ) -> Result<(), LedgerClosed> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Finish(key, status, error, tx))
-            .await
-            .map_err(|_| LedgerClosed)?;
-        rx.await.map_err(|_| LedgerClosed)
+    pub async fn check(&self, key: JobKey) -> Result<Check, LedgerClosed> {
+        self.call(|tx| Op::Check(key, tx)).await
+    }
+
+    pub async fn mark_running(&self, key: JobKey) -> Result<(), LedgerClosed> {
+        self.call(|tx| Op::Mark(key, tx)).await
+    }
+
+    pub async fn finish(&self, key: JobKey, finish: Finish) -> Result<(), LedgerClosed> {
+        self.call(|tx| Op::Finish(key, finish, tx)).await
     }
 }
 
 const IDLE_PROBE: Duration = Duration::from_secs(5);
 
-async fn writer(pool: PgPool, health: Health, mut rx: mpsc::Receiver<Op>, max_batch: usize) {
+#[derive(Default)]
+struct Batch {
+    checks: Vec<(JobKey, oneshot::Sender<Check>)>,
+    marks: Vec<(JobKey, oneshot::Sender<()>)>,
+    finishes: Vec<(JobKey, Finish, oneshot::Sender<()>)>,
+}
+
+async fn writer(
+    pool: PgPool,
+    health: Health,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
+    max_batch: usize,
+) {
     let mut carry: Vec<Op> = Vec::new();
     let mut buf: Vec<Op> = Vec::with_capacity(max_batch);
     loop {
         if carry.is_empty() {
-            match tokio::time::timeout(IDLE_PROBE, rx.recv_many(&mut buf, max_batch)).await {
+            let received = tokio::time::timeout(IDLE_PROBE, async {
+                rx.lock().await.recv_many(&mut buf, max_batch).await
+            })
+            .await;
+            match received {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(_) => {
@@ -132,112 +175,127 @@ async fn writer(pool: PgPool, health: Health, mut rx: mpsc::Receiver<Op>, max_ba
             }
         } else {
             buf.append(&mut carry);
-            while buf.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(op) => buf.push(op),
-                    Err(_) => break,
+            if let Ok(mut rx) = rx.try_lock() {
+                while buf.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(op) => buf.push(op),
+                        Err(_) => break,
+                    }
                 }
             }
         }
-        // One row per job id per statement: a second op for the same id waits a batch.
+        // One op per job id per statement (a row cannot change twice in one statement):
+        // a second op for the same id waits for the next batch, keeping their order.
         let mut seen = HashSet::new();
-        let mut claims = Vec::new();
-        let mut finishes = Vec::new();
+        let mut batch = Batch::default();
         for op in buf.drain(..) {
             if !seen.insert(op.job_id().to_owned()) {
                 carry.push(op);
                 continue;
             }
             match op {
-                Op::Claim(k, tx) => claims.push((k, tx)),
-                Op::Finish(k, s, e, tx) => finishes.push((k, s, e, tx)),
+                Op::Check(k, tx) => batch.checks.push((k, tx)),
+                Op::Mark(k, tx) => batch.marks.push((k, tx)),
+                Op::Finish(k, f, tx) => batch.finishes.push((k, f, tx)),
             }
         }
-        metrics::histogram!(names::LEDGER_BATCH_SIZE)
-            .record((claims.len() + finishes.len()) as f64);
+        let writes = batch.marks.len() + batch.finishes.len();
+        metrics::histogram!(names::LEDGER_BATCH_SIZE).record(writes as f64);
 
         let mut backoff = Duration::from_millis(100);
-        let claimed = loop {
-            match write(&pool, &claims, &finishes).await {
-                Ok(claimed) => break claimed,
+        let succeeded = loop {
+            match write(&pool, &batch).await {
+                Ok(ids) => break ids,
                 Err(e) => {
                     health.set("database", false);
                     metrics::counter!(names::LEDGER_ERRORS).increment(1);
+                    let hint = match &e {
+                        sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => {
+                            " (table missing: run `warren migrate`)"
+                        }
+                        _ => "",
+                    };
                     tracing::warn!(error = %e, retry_in = ?backoff,
-                        "job ledger write failed; holding deliveries until PostgreSQL answers");
+                        "job ledger write failed{hint}; holding deliveries until PostgreSQL answers");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         };
         health.set("database", true);
-        for (_, _, _, tx) in finishes {
+        for (_, _, tx) in batch.finishes {
             let _ = tx.send(());
         }
-        let claimed: HashMap<String, i32> = claimed.into_iter().collect();
-        for (k, tx) in claims {
-            let c = match claimed.get(&k.job_id) {
-                Some(&attempts) => Claim::Run { attempts },
-                None => Claim::AlreadySucceeded,
+        for (_, tx) in batch.marks {
+            let _ = tx.send(());
+        }
+        for (k, tx) in batch.checks {
+            let c = if succeeded.contains(&k.job_id) {
+                Check::AlreadySucceeded
+            } else {
+                Check::Run
             };
             let _ = tx.send(c);
         }
     }
 }
 
-type Finish = (JobKey, Status, Option<String>, oneshot::Sender<()>);
-
-/// Finishes first, so a duplicate claimed in the same batch as the original's success sees
-/// it. Returns the (job_id, attempts) of the claims that may run.
-async fn write(
-    pool: &PgPool,
-    claims: &[(JobKey, oneshot::Sender<Claim>)],
-    finishes: &[Finish],
-) -> Result<Vec<(String, i32)>, sqlx::Error> {
-    if !finishes.is_empty() {
-        let ids: Vec<&str> = finishes.iter().map(|f| f.0.job_id.as_str()).collect();
-        let tasks: Vec<&str> = finishes.iter().map(|f| f.0.task.as_str()).collect();
-        let queues: Vec<&str> = finishes.iter().map(|f| f.0.queue.as_str()).collect();
-        let statuses: Vec<&str> = finishes.iter().map(|f| f.1.as_str()).collect();
-        let errors: Vec<Option<&str>> = finishes.iter().map(|f| f.2.as_deref()).collect();
-        sqlx::query(
-            "INSERT INTO job_runs AS j (job_id, task, queue, status, last_error, finished_at)
-             SELECT id, task, queue, status::job_status, err, now()
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-                    AS u(id, task, queue, status, err)
-             ON CONFLICT (job_id) DO UPDATE
-                SET status = EXCLUDED.status,
-                    last_error = COALESCE(EXCLUDED.last_error, j.last_error),
-                    finished_at = now(), updated_at = now()
-              WHERE j.status <> 'succeeded'",
-        )
-        .bind(&ids)
-        .bind(&tasks)
-        .bind(&queues)
-        .bind(&statuses)
-        .bind(&errors)
-        .execute(pool)
-        .await?;
-    }
-    if claims.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<&str> = claims.iter().map(|c| c.0.job_id.as_str()).collect();
-    let tasks: Vec<&str> = claims.iter().map(|c| c.0.task.as_str()).collect();
-    let queues: Vec<&str> = claims.iter().map(|c| c.0.queue.as_str()).collect();
-    sqlx::query_as(
-        "INSERT INTO job_runs AS j (job_id, task, queue, status)
-         SELECT id, task, queue, 'running' FROM unnest($1::text[], $2::text[], $3::text[])
-                AS u(id, task, queue)
-         ON CONFLICT (job_id) DO UPDATE
-            SET status = 'running', attempts = j.attempts + 1, queue = EXCLUDED.queue,
-                started_at = now(), finished_at = NULL, updated_at = now()
-          WHERE j.status <> 'succeeded'
-         RETURNING job_id, attempts",
+/// Runs a whole batch as one statement; returns the checked job ids that already succeeded.
+async fn write(pool: &PgPool, b: &Batch) -> Result<HashSet<String>, sqlx::Error> {
+    let f = &b.finishes;
+    let ids: Vec<&str> = f.iter().map(|x| x.0.job_id.as_str()).collect();
+    let tasks: Vec<&str> = f.iter().map(|x| x.0.task.as_str()).collect();
+    let queues: Vec<&str> = f.iter().map(|x| x.0.queue.as_str()).collect();
+    let statuses: Vec<&str> = f.iter().map(|x| x.1.status.as_str()).collect();
+    let errors: Vec<Option<&str>> = f.iter().map(|x| x.1.error.as_deref()).collect();
+    let deltas: Vec<i32> = f.iter().map(|x| x.1.attempt_delta).collect();
+    let starts: Vec<DateTime<Utc>> = f.iter().map(|x| x.1.started_at).collect();
+    let mark_ids: Vec<&str> = b.marks.iter().map(|x| x.0.job_id.as_str()).collect();
+    let mark_tasks: Vec<&str> = b.marks.iter().map(|x| x.0.task.as_str()).collect();
+    let mark_queues: Vec<&str> = b.marks.iter().map(|x| x.0.queue.as_str()).collect();
+    let check_ids: Vec<&str> = b.checks.iter().map(|x| x.0.job_id.as_str()).collect();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "WITH fin AS (
+           INSERT INTO job_runs AS j
+                  (job_id, task, queue, status, attempts, last_error, started_at, finished_at)
+           SELECT id, task, queue, status::job_status, delta, err, started, now()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::int4[], $7::timestamptz[])
+                  AS u(id, task, queue, status, err, delta, started)
+           ON CONFLICT (job_id) DO UPDATE
+              SET status = EXCLUDED.status,
+                  attempts = j.attempts + EXCLUDED.attempts,
+                  last_error = COALESCE(EXCLUDED.last_error, j.last_error),
+                  started_at = CASE WHEN EXCLUDED.attempts > 0 THEN EXCLUDED.started_at
+                                    ELSE j.started_at END,
+                  finished_at = now(), updated_at = now()
+            WHERE j.status <> 'succeeded'
+         ), mark AS (
+           INSERT INTO job_runs AS j (job_id, task, queue, status, attempts)
+           SELECT id, task, queue, 'running', 1
+             FROM unnest($8::text[], $9::text[], $10::text[]) AS u(id, task, queue)
+           ON CONFLICT (job_id) DO UPDATE
+              SET status = 'running', attempts = j.attempts + 1, queue = EXCLUDED.queue,
+                  started_at = now(), finished_at = NULL, updated_at = now()
+            WHERE j.status <> 'succeeded'
+         )
+         SELECT job_id FROM job_runs WHERE job_id = ANY($11::text[]) AND status = 'succeeded'",
     )
     .bind(&ids)
     .bind(&tasks)
     .bind(&queues)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&deltas)
+    .bind(&starts)
+    .bind(&mark_ids)
+    .bind(&mark_tasks)
+    .bind(&mark_queues)
+    .bind(&check_ids)
+    // Planned per batch: a cached generic plan made while the table was empty would keep
+    // scanning it sequentially as it grows.
+    .persistent(false)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }

@@ -29,6 +29,7 @@
 //! registry.register(SendEmail).expect("registered once");
 //! ```
 
+mod acks;
 pub mod demo;
 pub mod error;
 mod execute;

@@ -121,7 +121,7 @@ mod tests {
             .0;
         assert!(e.starts_with("body is not valid JSON"), "{e}");
         let e = decode::<DemoFail>(b"[]").unwrap_err().0;
-        assert!(e.starts_with("payload: invalid type"), "{e}");
+        assert!(e.starts_with("payload: invalid length 0"), "{e}");
         assert!(decode::<DemoFail>(br#"{"mode":"permanent"}"#).is_ok());
     }
 }

@@ -42,6 +42,8 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Most rows per ledger group commit.
     pub ledger_batch: usize,
+    /// Ledger writer tasks (each with its own PostgreSQL connection when busy).
+    pub ledger_writers: usize,
 }
 
 /// Why a worker stopped or a session ended.
@@ -117,7 +119,12 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled (then drains) or a non-retryable error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let ledger = Ledger::start(self.db.clone(), self.health.clone(), self.cfg.ledger_batch);
+        let ledger = Ledger::start(
+            self.db.clone(),
+            self.health.clone(),
+            self.cfg.ledger_batch,
+            self.cfg.ledger_writers,
+        );
         let tracker = TaskTracker::new();
         let mut backoff = Duration::from_millis(250);
         let mut sessions = 0u64;
@@ -225,6 +232,9 @@ impl Worker {
         let mut loops = JoinSet::new();
         let mut cancel = Vec::new();
         for (q, ch, consumer) in consumers {
+            let (acks, ack_task) = crate::acks::start(ch.clone());
+            // Tracked, so shutdown waits for the last acks to go out.
+            tracker.spawn(ack_task);
             cancel.push((ch, consumer.tag()));
             loops.spawn(consume(
                 q,
@@ -232,9 +242,12 @@ impl Worker {
                 session.clone(),
                 tracker.clone(),
                 stop.clone(),
+                acks,
             ));
         }
+        let publisher = session.producer.channel().clone();
         let mut events = conn.events_listener();
+        let mut health_tick = tokio::time::interval(Duration::from_secs(1));
         let ended = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
@@ -244,6 +257,13 @@ impl Worker {
                         Ok(Ok(_)) => Ok(()),
                         Err(join) => Err(WorkerError::Connection(join.to_string())),
                     };
+                }
+                _ = health_tick.tick() => {
+                    // Retries and dead letters need the publish channel; without it every
+                    // delivery would sit unacked. A broker-closed channel ends the session.
+                    if !publisher.status().connected() {
+                        break Err(WorkerError::Connection("the publish channel was closed".into()));
+                    }
                 }
                 ev = events.next() => match ev {
                     Some(lapin::Event::Error(e)) => break Err(WorkerError::Connection(e.to_string())),
@@ -288,6 +308,7 @@ async fn consume(
     session: Arc<Session>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    acks: crate::acks::AckSender,
 ) -> Result<Consumer, WorkerError> {
     loop {
         tokio::select! {
@@ -295,7 +316,14 @@ async fn consume(
             _ = stop.cancelled() => return Ok(consumer),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tracker.spawn(execute::handle(session.clone(), queue.clone(), delivery));
+                    acks.send(crate::acks::AckEvent::Delivered(delivery.delivery_tag));
+                    // Boxed: the job future is large, and spawning moves it.
+                    tracker.spawn(Box::pin(execute::handle(
+                        session.clone(),
+                        queue.clone(),
+                        delivery,
+                        acks.clone(),
+                    )));
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(WorkerError::ConsumerCancelled { queue: queue.name.clone() }),
