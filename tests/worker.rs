@@ -555,3 +555,58 @@ async fn crash_loop_is_dead_lettered_by_the_delivery_limit() {
     drop(w);
     env.cleanup().await;
 }
+
+/// Logs: `--log-format json` lines about a job carry job id, task, queue and attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_job_logs_carry_job_fields() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("{}-json.log", env.ns));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = env
+        .command(&["worker", "--queue", "default"])
+        .env("WARREN_LOG_FORMAT", "json")
+        .env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let job = env
+        .publish_json("demo.fail", json!({"mode": "permanent"}), &id())
+        .await;
+    env.wait_status(&job, "dead_lettered", T).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("job dead-lettered"))
+        .unwrap_or_else(|| panic!("no dead-letter line in:\n{text}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(v["level"], "ERROR");
+    assert_eq!(v["kind"], "permanent");
+    let span = &v["span"];
+    assert_eq!(span["job_id"], job.as_str());
+    assert_eq!(span["task"], "demo.fail");
+    assert_eq!(span["queue"], "default");
+    assert_eq!(span["attempt"], 1);
+    let _ = std::fs::remove_file(&log);
+    env.cleanup().await;
+}
+
+/// Credentials never appear in output; migrate is idempotent.
+#[tokio::test(flavor = "multi_thread")]
+async fn urls_are_redacted_and_migrate_is_idempotent() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let out = env
+        .command(&["topology"])
+        .env("AMQP_URL", "amqp://guest:s3cr3t-pw@127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("amqp://guest:***@127.0.0.1:1"), "{err}");
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
+    let again = env.run(&["migrate"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    env.cleanup().await;
+}

@@ -3,8 +3,8 @@
 //! Both drain the same number of `demo.noop` jobs from the same quorum queue with the same
 //! prefetch, in the same process, in alternating rounds. The bare consumer does nothing but
 //! ack (multiple, every 64 deliveries): it is the ceiling the broker allows. The runtime
-//! does everything it does in production: decode, ledger claim and finish (group commit to
-//! PostgreSQL), handler, metrics, one ack per job.
+//! does everything it does in production: decode, ledger check and finish (group commit to
+//! PostgreSQL), handler, metrics, batched acks. Results: docs/benchmarks.md.
 
 use super::Global;
 use anyhow::Context;

@@ -257,7 +257,7 @@ async fn process(
             DeadLetterKind::Exhausted,
         ),
         Err(Failure::Timeout(t)) => (
-            format!("attempt timed out after {}", humantime_secs(t)),
+            format!("attempt timed out after {t:?}"),
             true,
             DeadLetterKind::Timeout,
         ),
@@ -390,8 +390,4 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     } else {
         "non-string panic payload".into()
     }
-}
-
-fn humantime_secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
 }

@@ -5,12 +5,14 @@
 //!
 //! 1. dead-letters what can never succeed (crash loops past the delivery limit, unknown
 //!    tasks, malformed payloads) without running anything;
-//! 2. claims the job id in the [`ledger`] (a job that already succeeded is acked as a
+//! 2. checks the job id in the [`ledger`] (a job that already succeeded is acked as a
 //!    `duplicate` and not run again);
-//! 3. runs the handler under its timeout, catching panics;
+//! 3. runs the handler under its timeout, catching panics (a handler still running after
+//!    200 ms is marked `running` in the ledger);
 //! 4. publishes the consequence (a retry to a delay tier, or a dead letter) and waits for
 //!    the broker's confirm;
-//! 5. commits the outcome to the ledger (group commit), and only then acks.
+//! 5. commits the outcome to the ledger (group commit), and only then acks (batched per
+//!    channel, see `acks`).
 //!
 //! ```no_run
 //! use warren_workers::{JobContext, Registry, Task, TaskError};
