@@ -24,44 +24,45 @@ fn sh(cmd: &str) {
     assert!(ok, "`{cmd}` failed");
 }
 
-fn pg_ctl(action: &str) {
-    sh(&format!(
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main {action} \
-         {}",
-        if action == "stop" { "-m fast" } else { "" }
-    ));
+fn pg_ctl(action: &str) -> String {
+    format!("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main {action}")
 }
 
-/// Stops PostgreSQL; starts it again when dropped (also on a failed assertion).
-struct PgDown;
+/// A service stopped for a test; restored when dropped (also when an assertion fails).
+struct Outage {
+    restore: String,
+}
 
-impl PgDown {
-    fn new() -> Self {
-        pg_ctl("stop");
-        Self
+impl Outage {
+    fn new(stop: &str, restore: String) -> Self {
+        sh(stop);
+        Self { restore }
+    }
+
+    /// PostgreSQL down.
+    fn postgres() -> Self {
+        Self::new(
+            &format!("{} -m fast", pg_ctl("stop")),
+            format!(
+                "{} && for i in $(seq 1 100); do pg_isready -q -h 127.0.0.1 && exit 0; \
+                 sleep 0.2; done; exit 1",
+                pg_ctl("start")
+            ),
+        )
+    }
+
+    /// The RabbitMQ application stopped: every connection drops.
+    fn rabbitmq() -> Self {
+        Self::new(
+            "rabbitmqctl -q stop_app",
+            "rabbitmqctl -q start_app && rabbitmqctl -q await_startup".into(),
+        )
     }
 }
 
-impl Drop for PgDown {
+impl Drop for Outage {
     fn drop(&mut self) {
-        pg_ctl("start");
-        sh("for i in $(seq 1 100); do pg_isready -q -h 127.0.0.1 && exit 0; sleep 0.2; done; exit 1");
-    }
-}
-
-/// Stops the RabbitMQ application (every connection drops); starts it again when dropped.
-struct RabbitDown;
-
-impl RabbitDown {
-    fn new() -> Self {
-        sh("rabbitmqctl -q stop_app");
-        Self
-    }
-}
-
-impl Drop for RabbitDown {
-    fn drop(&mut self) {
-        sh("rabbitmqctl -q start_app && rabbitmqctl -q await_startup");
+        sh(&self.restore);
     }
 }
 
@@ -98,7 +99,7 @@ async fn rabbitmq_restart_mid_run_loses_nothing() {
     })
     .await;
     {
-        let _down = RabbitDown::new();
+        let _down = Outage::rabbitmq();
         eventually(T, "/readyz 503 while the broker is down", || async {
             w.readyz_status().await == Some(503)
         })
@@ -148,7 +149,7 @@ async fn postgres_outage_pauses_work_without_burning_deliveries() {
     })
     .await;
     {
-        let _down = PgDown::new();
+        let _down = Outage::postgres();
         let out = env.run(&[
             "publish",
             "demo.sleep",
@@ -204,7 +205,7 @@ async fn ack_waits_for_the_ledger_commit() {
         .await;
     env.wait_status(&job, "running", T).await;
     {
-        let _down = PgDown::new();
+        let _down = Outage::postgres();
         tokio::time::sleep(Duration::from_secs(3)).await; // the handler has returned by now
         w.kill9();
         eventually(T, "the unacked job back in its queue", || async {

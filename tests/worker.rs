@@ -306,7 +306,16 @@ async fn metrics_show_outcomes_and_duration_buckets() {
         1.0
     );
     assert_eq!(metric(&m, "warren_broker_connected", &[]), 1.0);
-    assert!(metric(&m, "warren_published_total", &["outcome=\"confirmed\""]) >= 1.0);
+    // The dead letter is counted under its task, not the queue it was routed by.
+    assert_eq!(
+        metric(
+            &m,
+            "warren_published_total",
+            &["task=\"demo.fail\"", "outcome=\"confirmed\""]
+        ),
+        1.0,
+        "{m}"
+    );
     drop(w);
     env.cleanup().await;
 }

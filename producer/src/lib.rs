@@ -75,7 +75,8 @@ impl Producer {
     ) -> Result<String, PublishError> {
         let body = serde_json::to_vec(payload)?;
         let (id, props) = Self::envelope(opts);
-        self.publish_raw(&self.exchange, task, &body, props).await?;
+        self.publish_raw(&self.exchange, task, task, &body, props)
+            .await?;
         Ok(id)
     }
 
@@ -98,7 +99,8 @@ impl Producer {
             let task = task.to_owned();
             pending.push_back(async move {
                 let exchange = this.exchange.clone();
-                this.publish_raw(&exchange, &task, &body, props).await
+                this.publish_raw(&exchange, &task, &task, &body, props)
+                    .await
             });
             while pending.len() >= window.max(1) {
                 if let Some(r) = pending.next().await {
@@ -137,10 +139,12 @@ impl Producer {
     }
 
     /// Publishes bytes with `mandatory` and waits for the confirm: the one publish path.
+    /// `task` labels the metric (dead letters are routed by queue name, not task).
     pub async fn publish_raw(
         &self,
         exchange: &str,
         routing_key: &str,
+        task: &str,
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), PublishError> {
@@ -151,7 +155,7 @@ impl Producer {
             Err(PublishError::Nacked { .. }) => "nacked",
             Err(_) => "error",
         };
-        metrics::counter!(names::PUBLISHED, "task" => routing_key.to_owned(), "outcome" => label)
+        metrics::counter!(names::PUBLISHED, "task" => task.to_owned(), "outcome" => label)
             .increment(1);
         outcome
     }

@@ -318,7 +318,7 @@ async fn retry(
         .with_headers(headers);
     let exchange = s.topology.tier_name(tier);
     s.producer
-        .publish_raw(&exchange, &key.task, &d.data, props)
+        .publish_raw(&exchange, &key.task, &key.task, &d.data, props)
         .await?;
     s.ledger
         .finish(
@@ -360,6 +360,7 @@ async fn dead_letter(
         .publish_raw(
             &s.topology.dead_letter_exchange(),
             &queue.name,
+            &key.task,
             &d.data,
             props,
         )
