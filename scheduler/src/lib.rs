@@ -1,4 +1,7 @@
 //! The scheduler role: leader election, due-renewal scans and cron.
 //!
-//! Not built yet: issue #3 adds it. The crate exists so the workspace has its final shape
-//! and `warren scheduler` has a home.
+//! - [`leader`]: one leader among any number of replicas (PostgreSQL advisory lock).
+//! - [`due`]: the due-renewal scans and their exactly-once-per-period enqueue.
+//! - [`cron`]: schedule arithmetic (cron expressions, intervals, time zones, catch-up).
+
+pub mod cron;
