@@ -59,7 +59,21 @@ pub struct FileConfig {
     pub queues: BTreeMap<String, QueueConfig>,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Rollout flags per billing provider (`pagarme`, `appmax`).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
 }
+
+/// One `[providers.NAME]` table; env vars (`WARREN_PAGARME_ENABLED`, …) take precedence.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub enabled: Option<bool>,
+    pub dry_run: Option<bool>,
+}
+
+/// Billing providers the scheduler knows.
+pub const PROVIDERS: [&str; 2] = ["pagarme", "appmax"];
 
 /// One `[queues.NAME]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -96,6 +110,16 @@ impl FileConfig {
             message: e.to_string(),
         })?;
         cfg.tiers()?;
+        if let Some(name) = cfg
+            .providers
+            .keys()
+            .find(|k| !PROVIDERS.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                field: format!("providers.{name}"),
+                message: format!("unknown provider; known: {}", PROVIDERS.join(", ")),
+            });
+        }
         Ok(cfg)
     }
 

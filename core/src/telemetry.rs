@@ -28,6 +28,14 @@ pub mod names {
     pub const LEDGER_BATCH_SIZE: &str = "warren_ledger_batch_size";
     /// counter: ledger writes that failed and were retried (PostgreSQL trouble).
     pub const LEDGER_ERRORS: &str = "warren_ledger_errors_total";
+    /// gauge: 1 on the scheduler replica that holds leadership, 0 on the others.
+    pub const SCHEDULER_IS_LEADER: &str = "warren_scheduler_is_leader";
+    /// gauge {provider = pagarme|pagarme_native|appmax}: subscriptions due at the last scan.
+    pub const SCHEDULER_DUE: &str = "warren_scheduler_due";
+    /// counter {provider}: renewal jobs published (confirmed and recorded).
+    pub const SCHEDULER_PUBLISHED: &str = "warren_scheduler_published_total";
+    /// histogram {provider}: one scan of one provider, seconds.
+    pub const SCHEDULER_SCAN_DURATION: &str = "warren_scheduler_scan_duration_seconds";
 }
 
 /// Log output format.

@@ -5,3 +5,6 @@
 //! - [`cron`]: schedule arithmetic (cron expressions, intervals, time zones, catch-up).
 
 pub mod cron;
+pub mod due;
+pub mod leader;
+pub mod run;

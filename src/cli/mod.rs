@@ -2,8 +2,10 @@
 
 mod bench;
 mod dev;
+mod due;
 mod migrate;
 mod publish;
+mod scheduler;
 mod topology;
 mod worker;
 
@@ -89,6 +91,10 @@ pub enum Command {
     Topology,
     /// Consume work queues and run their jobs.
     Worker(worker::WorkerArgs),
+    /// Leader-elected scheduler: publishes each due renewal once per period.
+    Scheduler(scheduler::SchedulerArgs),
+    /// List what is due now and why, publishing nothing (dry run of the scanner).
+    Due(due::DueArgs),
     /// Publish a job (or N copies) with publisher confirms.
     Publish(publish::PublishArgs),
     /// Measure the worker runtime against a bare lapin consumer.
@@ -104,6 +110,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate::run(&g).await,
         Command::Topology => topology::run(&g).await,
         Command::Worker(a) => worker::run(&g, a).await,
+        Command::Scheduler(a) => scheduler::run(&g, a).await,
+        Command::Due(a) => due::run(&g, a).await,
         Command::Publish(a) => publish::run(&g, a).await,
         Command::Bench(a) => bench::run(&g, a).await,
         Command::Dev(a) => dev::run(&g, a).await,

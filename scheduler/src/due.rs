@@ -1,0 +1,291 @@
+//! Due renewals: which subscriptions must be charged now, and enqueueing each period once.
+//!
+//! Each [`DueKind`] is a fixed SQL predicate matching one partial index of
+//! `customer_subscriptions` (migration `..._billing.sql`), read in keyset order
+//! `(current_period_end, id)` in pages, so the scan never holds the whole due set.
+//!
+//! **Once per period.** For every due page the leader, in one transaction: inserts an
+//! enqueue record per subscription and period (`renewal_enqueues`, primary key
+//! `(subscription_id, period_end)`, `ON CONFLICT DO NOTHING`), publishes a job for each row
+//! it inserted, waits for every broker confirm, and only then commits. A crash or a failed
+//! publish rolls the records back, so the next scan publishes them again (a lost publish is
+//! retried); a committed record is never published again by the scanner, whatever the
+//! restarts, overlapping ticks or replicas. The one window left — confirms received, commit
+//! lost — republishes the same deterministic job id, which the worker's ledger and the
+//! handler's idempotency key make harmless.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+use warren_producer::{Producer, PublishError, PublishOptions};
+
+/// Namespace for deterministic renewal job ids (UUIDv5 of the renewal key).
+const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f1c_2a4e_8d3b_4c6a_9e7f_1b2d_3c4e_5f60);
+
+/// What is scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DueKind {
+    /// Pagar.me prepaid: Warren charges the stored card.
+    Pagarme,
+    /// Pagar.me native: Pagar.me bills itself; counted only (observe mode).
+    PagarmeNative,
+    /// Appmax: Warren charges through the merchant's integration.
+    Appmax,
+}
+
+impl DueKind {
+    pub const ALL: [DueKind; 3] = [Self::Pagarme, Self::PagarmeNative, Self::Appmax];
+
+    /// The `provider` label and CLI name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pagarme => "pagarme",
+            Self::PagarmeNative => "pagarme_native",
+            Self::Appmax => "appmax",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.label() == s)
+    }
+
+    /// The task its jobs go to; `None` for observe-only kinds.
+    pub fn task(self) -> Option<&'static str> {
+        match self {
+            Self::Pagarme => Some(warren_core::task::RENEWAL_PAGARME),
+            Self::PagarmeNative => None,
+            Self::Appmax => Some(warren_core::task::RENEWAL_APPMAX),
+        }
+    }
+
+    /// The provider flags that govern it.
+    pub fn provider(self) -> &'static str {
+        match self {
+            Self::Pagarme | Self::PagarmeNative => "pagarme",
+            Self::Appmax => "appmax",
+        }
+    }
+
+    fn db_provider(self) -> &'static str {
+        match self {
+            Self::Pagarme | Self::PagarmeNative => "PAGARME",
+            Self::Appmax => "APPMAX",
+        }
+    }
+
+    /// The due predicate, written exactly as its partial index's (so the planner uses it).
+    pub fn predicate(self) -> &'static str {
+        match self {
+            Self::Pagarme => {
+                "provider = 'PAGARME' AND is_native = false AND canceled_at IS NULL \
+                 AND status IN ('ACTIVE', 'PAST_DUE', 'TRIALING')"
+            }
+            Self::PagarmeNative => {
+                "provider = 'PAGARME' AND is_native = true AND canceled_at IS NULL \
+                 AND status IN ('ACTIVE', 'PAST_DUE', 'TRIALING')"
+            }
+            Self::Appmax => {
+                "provider = 'APPMAX' AND canceled_at IS NULL \
+                 AND status IN ('ACTIVE', 'PAST_DUE', 'TRIALING')"
+            }
+        }
+    }
+
+    /// One page of due subscriptions after `after`, in keyset order.
+    pub fn page_sql(self) -> String {
+        format!(
+            "SELECT id, current_period_end FROM customer_subscriptions \
+             WHERE {} AND current_period_end <= $1 \
+               AND (current_period_end, id) > ($2, $3) \
+             ORDER BY current_period_end, id LIMIT $4",
+            self.predicate()
+        )
+    }
+}
+
+/// `renewal:{subscription_id}:{period_end RFC 3339}`: the idempotency key of one period.
+pub fn renewal_key(subscription_id: Uuid, period_end: DateTime<Utc>) -> String {
+    format!(
+        "renewal:{subscription_id}:{}",
+        period_end.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    )
+}
+
+/// The deterministic job id of a renewal key.
+pub fn renewal_job_id(key: &str) -> Uuid {
+    Uuid::new_v5(&JOB_ID_NAMESPACE, key.as_bytes())
+}
+
+/// The payload of `renewal.pagarme` / `renewal.appmax`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RenewalPayload {
+    pub subscription_id: Uuid,
+    pub period_end: DateTime<Utc>,
+}
+
+/// Per-provider rollout flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderFlags {
+    /// Not scanned at all when false.
+    pub enabled: bool,
+    /// Scanned, counted and logged; nothing published.
+    pub dry_run: bool,
+}
+
+/// Scan failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("publishing renewals: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// What one scan of one kind did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Subscriptions due now.
+    pub due: u64,
+    /// Jobs published (and recorded) by this scan.
+    pub published: u64,
+}
+
+/// The keyset position before every subscription (PostgreSQL cannot store chrono's
+/// minimum; no billing period ends before year 1).
+pub fn scan_start() -> (DateTime<Utc>, Uuid) {
+    let year_one = chrono::NaiveDate::from_ymd_opt(1, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date")
+        .and_utc();
+    (year_one, Uuid::nil())
+}
+
+/// A page of due subscriptions.
+pub async fn due_page(
+    pool: &PgPool,
+    kind: DueKind,
+    now: DateTime<Utc>,
+    after: (DateTime<Utc>, Uuid),
+    limit: i64,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(&kind.page_sql())
+        .bind(now)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Scans one kind and, unless observe-only or dry run, enqueues every period not yet
+/// enqueued (see the module docs).
+pub async fn scan(
+    pool: &PgPool,
+    producer: Option<&Producer>,
+    kind: DueKind,
+    page_size: i64,
+) -> Result<ScanReport, ScanError> {
+    let now = Utc::now();
+    let mut report = ScanReport::default();
+    let mut after = scan_start();
+    loop {
+        let page = due_page(pool, kind, now, after, page_size).await?;
+        let Some(last) = page.last() else { break };
+        after = (last.1, last.0);
+        report.due += page.len() as u64;
+        if let (Some(task), Some(producer)) = (kind.task(), producer) {
+            report.published += enqueue(pool, producer, kind, task, &page).await?;
+        }
+        if (page.len() as i64) < page_size {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+async fn enqueue(
+    pool: &PgPool,
+    producer: &Producer,
+    kind: DueKind,
+    task: &str,
+    page: &[(Uuid, DateTime<Utc>)],
+) -> Result<u64, ScanError> {
+    let keys: Vec<String> = page
+        .iter()
+        .map(|(id, end)| renewal_key(*id, *end))
+        .collect();
+    let ids: Vec<Uuid> = page.iter().map(|p| p.0).collect();
+    let ends: Vec<DateTime<Utc>> = page.iter().map(|p| p.1).collect();
+    let job_ids: Vec<Uuid> = keys.iter().map(|k| renewal_job_id(k)).collect();
+    let mut tx = pool.begin().await?;
+    let fresh: Vec<(Uuid, DateTime<Utc>, Uuid, String)> = sqlx::query_as(
+        "INSERT INTO renewal_enqueues (subscription_id, period_end, provider, job_id, idempotency_key)
+         SELECT s, e, $3::billing_provider, j, k
+           FROM unnest($1::uuid[], $2::timestamptz[], $4::uuid[], $5::text[]) AS u(s, e, j, k)
+         ON CONFLICT DO NOTHING
+         RETURNING subscription_id, period_end, job_id, idempotency_key",
+    )
+    .bind(&ids)
+    .bind(&ends)
+    .bind(kind.db_provider())
+    .bind(&job_ids)
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    if fresh.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let bodies = fresh.iter().map(|(sub, end, job, key)| {
+        let body = serde_json::to_vec(&RenewalPayload {
+            subscription_id: *sub,
+            period_end: *end,
+        })
+        .expect("a renewal payload serializes");
+        let opts = PublishOptions {
+            id: Some(job.to_string()),
+            idempotency_key: Some(key.clone()),
+            ..Default::default()
+        };
+        (body, opts)
+    });
+    // Every confirm before the commit: a failure rolls the records back for the next scan.
+    producer.publish_many(task, bodies, 256, |_| {}).await?;
+    tx.commit().await?;
+    Ok(fresh.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_keys_and_ids_are_deterministic() {
+        let sub = Uuid::parse_str("0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f").unwrap();
+        let end: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let key = renewal_key(sub, end);
+        assert_eq!(
+            key,
+            "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-11-23T12:00:00Z"
+        );
+        assert_eq!(renewal_job_id(&key), renewal_job_id(&key));
+        assert_eq!(renewal_job_id(&key).get_version_num(), 5);
+        let other = renewal_key(sub, "2026-12-23T12:00:00.5Z".parse().unwrap());
+        assert_eq!(
+            other,
+            "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-12-23T12:00:00.500Z"
+        );
+        assert_ne!(renewal_job_id(&key), renewal_job_id(&other));
+    }
+
+    #[test]
+    fn kinds_round_trip_their_labels() {
+        for k in DueKind::ALL {
+            assert_eq!(DueKind::parse(k.label()), Some(k));
+        }
+        assert_eq!(DueKind::parse("stripe"), None);
+        assert_eq!(DueKind::PagarmeNative.task(), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! The `warren scheduler` loop: win leadership, then scan on every interval.
+//!
+//! Standbys try for the lock every `leader_retry`; the leader checks its lock connection
+//! every second and steps down the moment it is gone. The broker connection is opened only
+//! by the leader, only when a scan publishes, and reopened after a failure.
+
+use crate::due::{self, DueKind, ProviderFlags};
+use crate::leader::{lock_key, Leadership};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use warren_core::telemetry::{names, Health};
+use warren_producer::Producer;
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub amqp_url: String,
+    pub database_url: String,
+    /// Namespace: names the jobs exchange and scopes the leader lock.
+    pub namespace: String,
+    pub jobs_exchange: String,
+    pub scan_interval: Duration,
+    /// Subscriptions per page (and per enqueue transaction).
+    pub page_size: i64,
+    pub pagarme: ProviderFlags,
+    pub appmax: ProviderFlags,
+    /// How often a standby tries to become leader.
+    pub leader_retry: Duration,
+}
+
+impl SchedulerConfig {
+    fn flags(&self, kind: DueKind) -> ProviderFlags {
+        match kind.provider() {
+            "appmax" => self.appmax,
+            _ => self.pagarme,
+        }
+    }
+}
+
+/// Runs until `shutdown`.
+pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: CancellationToken) {
+    let key = lock_key(&cfg.namespace);
+    let mut leadership: Option<Leadership> = None;
+    let mut broker: Option<(lapin::Connection, Producer)> = None;
+    let mut next_scan = Instant::now();
+    metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
+    loop {
+        let pause = match leadership.as_mut() {
+            None => match Leadership::try_acquire(&cfg.database_url, key).await {
+                Ok(Some(l)) => {
+                    health.set("database", true);
+                    tracing::info!("became scheduler leader");
+                    metrics::gauge!(names::SCHEDULER_IS_LEADER).set(1.0);
+                    leadership = Some(l);
+                    next_scan = Instant::now();
+                    Duration::ZERO
+                }
+                Ok(None) => {
+                    health.set("database", true);
+                    cfg.leader_retry
+                }
+                Err(e) => {
+                    health.set("database", false);
+                    tracing::warn!(error = %e, "cannot reach PostgreSQL for leader election");
+                    cfg.leader_retry
+                }
+            },
+            Some(l) => {
+                if !l.still_held().await {
+                    tracing::warn!("lost the leader lock connection; stepping down");
+                    metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
+                    health.set("database", false);
+                    leadership = None;
+                    continue;
+                }
+                if Instant::now() >= next_scan {
+                    scan_all(&cfg, &pool, &mut broker).await;
+                    next_scan = Instant::now() + cfg.scan_interval;
+                }
+                next_scan
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_secs(1))
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    if let Some(l) = leadership {
+        l.release().await;
+        tracing::info!("released scheduler leadership");
+    }
+    metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
+    if let Some((conn, _)) = broker {
+        let _ = conn.close(200, "scheduler stopping".into()).await;
+    }
+}
+
+async fn scan_all(
+    cfg: &SchedulerConfig,
+    pool: &PgPool,
+    broker: &mut Option<(lapin::Connection, Producer)>,
+) {
+    for kind in DueKind::ALL {
+        let flags = cfg.flags(kind);
+        if !flags.enabled {
+            continue;
+        }
+        let publishes = kind.task().is_some() && !flags.dry_run;
+        if publishes && broker.is_none() {
+            match connect(cfg).await {
+                Ok(b) => *broker = Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, provider = kind.label(), "cannot reach RabbitMQ; scan postponed");
+                    continue;
+                }
+            }
+        }
+        let producer = if publishes {
+            broker.as_ref().map(|b| &b.1)
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let result = due::scan(pool, producer, kind, cfg.page_size).await;
+        metrics::histogram!(names::SCHEDULER_SCAN_DURATION, "provider" => kind.label())
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => {
+                metrics::gauge!(names::SCHEDULER_DUE, "provider" => kind.label()).set(r.due as f64);
+                metrics::counter!(names::SCHEDULER_PUBLISHED, "provider" => kind.label())
+                    .increment(r.published);
+                let mode = match (kind.task(), flags.dry_run) {
+                    (None, _) => "observe",
+                    (Some(_), true) => "dry-run",
+                    (Some(_), false) => "publish",
+                };
+                tracing::info!(provider = kind.label(), mode, due = r.due, published = r.published,
+                    elapsed = ?started.elapsed(), "due scan");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, provider = kind.label(), "due scan failed; retrying next interval");
+                if matches!(e, due::ScanError::Publish(_)) {
+                    *broker = None;
+                }
+            }
+        }
+    }
+}
+
+async fn connect(
+    cfg: &SchedulerConfig,
+) -> Result<(lapin::Connection, Producer), warren_producer::PublishError> {
+    let conn = warren_core::broker::connect(&cfg.amqp_url, "scheduler").await?;
+    let producer = Producer::new(&conn, cfg.jobs_exchange.clone()).await?;
+    Ok((conn, producer))
+}

@@ -1,0 +1,310 @@
+//! Whole-system tests of `warren scheduler` and `warren due`: several replicas against one
+//! database and broker, leader failover by SIGKILL, provider flags.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use uuid::Uuid;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Seeds `n` subscriptions; `due` ones ended an hour ago, the rest end tomorrow.
+async fn seed(
+    env: &TestEnv,
+    n: usize,
+    provider: &str,
+    native: bool,
+    status: &str,
+    due: bool,
+) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let customer = Uuid::new_v4();
+        let sub = Uuid::new_v4();
+        sqlx::query("INSERT INTO customers (id, email) VALUES ($1, 'c@example.com')")
+            .bind(customer)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        let end = if due {
+            "now() - interval '1 hour'"
+        } else {
+            "now() + interval '1 day'"
+        };
+        let canceled = if status == "CANCELED" {
+            "now()"
+        } else {
+            "NULL"
+        };
+        sqlx::query(&format!(
+            "INSERT INTO customer_subscriptions
+               (id, customer_id, provider, is_native, status, current_period_start,
+                current_period_end, canceled_at, amount_cents, metadata)
+             VALUES ($1, $2, $3::billing_provider, $4, $5::\"SubscriptionStatus\",
+                     now() - interval '30 days', {end}, {canceled}, 4990,
+                     '{{\"intervalUnit\":\"month\",\"intervalCount\":1}}')"
+        ))
+        .bind(sub)
+        .bind(customer)
+        .bind(provider)
+        .bind(native)
+        .bind(status)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        ids.push(sub);
+    }
+    ids
+}
+
+/// Drains a queue (acking), returning the deliveries.
+async fn drain(env: &TestEnv, queue: &str) -> Vec<lapin::message::Delivery> {
+    let mut out = Vec::new();
+    while let Some(m) = env
+        .ch
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery);
+    }
+    out
+}
+
+fn scheduler(env: &TestEnv, extra: &[(&str, &str)]) -> Worker {
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("{}-scheduler-{port}.log", env.ns));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = env.command(&[
+        "scheduler",
+        "--scan-interval",
+        "1s",
+        "--leader-retry",
+        "500ms",
+    ]);
+    cmd.env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("WARREN_PAGARME_DRY_RUN", "false")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Worker {
+        child: cmd.spawn().unwrap(),
+        port,
+        log,
+    }
+}
+
+async fn leaders(replicas: &[Worker]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        if let Ok(resp) = reqwest::get(r.url("/metrics")).await {
+            let text = resp.text().await.unwrap_or_default();
+            if metric(&text, "warren_scheduler_is_leader", &[]) == 1.0 {
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+/// Acceptance: three replicas, every due subscription published exactly once; native
+/// counted, not published; dry-run provider publishes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_publish_each_due_period_exactly_once() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut expected: HashSet<Uuid> = seed(&env, 25, "PAGARME", false, "ACTIVE", true)
+        .await
+        .into_iter()
+        .collect();
+    expected.extend(seed(&env, 5, "PAGARME", false, "PAST_DUE", true).await);
+    seed(&env, 4, "PAGARME", false, "ACTIVE", false).await; // not due yet
+    seed(&env, 3, "PAGARME", false, "CANCELED", true).await;
+    seed(&env, 2, "PAGARME", false, "UNPAID", true).await;
+    seed(&env, 7, "PAGARME", true, "ACTIVE", true).await; // native: observe only
+    seed(&env, 6, "APPMAX", false, "ACTIVE", true).await; // dry run below
+
+    let replicas: Vec<Worker> = (0..3)
+        .map(|_| scheduler(&env, &[("WARREN_APPMAX_DRY_RUN", "true")]))
+        .collect();
+    eventually(T, "30 renewals enqueued", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 30
+    })
+    .await;
+    // Several more scan intervals: nobody publishes a period twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let more: HashSet<Uuid> = seed(&env, 5, "PAGARME", false, "ACTIVE", true)
+        .await
+        .into_iter()
+        .collect();
+    expected.extend(&more);
+    eventually(T, "35 renewals enqueued", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 35
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let msgs = drain(&env, &env.queue("renewals.pagarme")).await;
+    assert_eq!(msgs.len(), 35, "messages published");
+    let mut seen = HashSet::new();
+    for m in &msgs {
+        let p: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+        let sub: Uuid = p["subscription_id"].as_str().unwrap().parse().unwrap();
+        assert!(seen.insert(sub), "subscription {sub} published twice");
+        let key = header(m, "x-idempotency-key").unwrap();
+        assert!(key.starts_with(&format!("renewal:{sub}:")), "{key}");
+        let id = m.properties.message_id().as_ref().unwrap().to_string();
+        assert_eq!(id, warren_scheduler::due::renewal_job_id(&key).to_string());
+    }
+    assert_eq!(seen, expected);
+    assert!(
+        drain(&env, &env.queue("renewals.appmax")).await.is_empty(),
+        "dry run published"
+    );
+
+    let l = leaders(&replicas).await;
+    assert_eq!(l.len(), 1, "leaders: {l:?}");
+    let m = replicas[l[0]].metrics().await;
+    assert_eq!(
+        metric(&m, "warren_scheduler_due", &["provider=\"pagarme_native\""]),
+        7.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "warren_scheduler_due", &["provider=\"appmax\""]),
+        6.0,
+        "{m}"
+    );
+    drop(replicas);
+    env.cleanup().await;
+}
+
+/// Acceptance: SIGKILL of the leader hands over within 15 s; nothing published twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_leader_is_replaced_within_15s_without_double_publish() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let first = seed(&env, 20, "PAGARME", false, "ACTIVE", true).await;
+    let mut replicas: Vec<Worker> = (0..3).map(|_| scheduler(&env, &[])).collect();
+    eventually(T, "first batch enqueued", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 20
+    })
+    .await;
+    let l = leaders(&replicas).await;
+    assert_eq!(l.len(), 1, "leaders: {l:?}");
+    replicas[l[0]].kill9();
+    let killed_at = std::time::Instant::now();
+    let second = seed(&env, 20, "PAGARME", false, "ACTIVE", true).await;
+    eventually(Duration::from_secs(15), "a new leader", || async {
+        let now = leaders(&replicas).await;
+        now.len() == 1 && now[0] != l[0]
+    })
+    .await;
+    assert!(killed_at.elapsed() < Duration::from_secs(15));
+    eventually(T, "second batch enqueued", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 40
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = drain(&env, &env.queue("renewals.pagarme")).await;
+    let subs: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.data).unwrap()["subscription_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let distinct: HashSet<&String> = subs.iter().collect();
+    assert_eq!(subs.len(), 40, "published {} messages", subs.len());
+    assert_eq!(distinct.len(), 40);
+    for id in first.iter().chain(&second) {
+        assert!(distinct.contains(&id.to_string()));
+    }
+    drop(replicas);
+    env.cleanup().await;
+}
+
+/// `warren due` lists what is due with reasons, in table and JSON; bad flags are clear.
+#[tokio::test(flavor = "multi_thread")]
+async fn due_lists_with_reasons_and_rejects_bad_flags() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let prepaid = seed(&env, 2, "PAGARME", false, "PAST_DUE", true).await;
+    let native = seed(&env, 1, "PAGARME", true, "ACTIVE", true).await;
+    seed(&env, 1, "APPMAX", false, "CANCELED", true).await;
+    let out = env.run(&["due"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.contains("pagarme                2 due   action: dry-run"),
+        "{table}"
+    );
+    assert!(
+        table.contains("pagarme_native         1 due   action: observe"),
+        "{table}"
+    );
+    assert!(table.contains("appmax                 0 due"), "{table}");
+    assert!(
+        table.contains(&prepaid[0].to_string()) && table.contains("(dunning)"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&native[0].to_string()) && table.contains("never published"),
+        "{table}"
+    );
+
+    let out = env.run(&[
+        "due",
+        "--provider",
+        "pagarme",
+        "--format",
+        "json",
+        "--pagarme-dry-run",
+        "false",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["summary"][0]["due"], 2);
+    assert_eq!(v["summary"][0]["action"], "publish");
+    assert_eq!(v["due"].as_array().unwrap().len(), 2);
+    // Nothing was published or recorded.
+    let enq: i64 = sqlx::query_scalar("SELECT count(*) FROM renewal_enqueues")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(enq, 0);
+
+    let out = env.run(&["due", "--provider", "stripe"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("pagarme, pagarme_native, appmax"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["due", "--limit", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--limit"), "{}", stderr(&out));
+    env.cleanup().await;
+}
