@@ -99,8 +99,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Measure the worker runtime against a bare lapin consumer.
     Bench(bench::BenchArgs),
-    /// Every role in one process against local services: migrate, topology, worker on all
-    /// queues.
+    /// The whole fleet in one process against local services: migrate, topology, a worker
+    /// on every queue and the scheduler.
     Dev(dev::DevArgs),
 }
 

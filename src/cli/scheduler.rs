@@ -62,12 +62,22 @@ impl ProviderArgs {
 }
 
 pub async fn run(g: &Global, a: SchedulerArgs) -> anyhow::Result<()> {
+    let health = telemetry::Health::new(&["database"]);
+    telemetry::serve(g.metrics_addr, health.clone()).await?;
+    start(g, a, health, super::shutdown_on_signals()).await
+}
+
+/// Runs the scheduler with telemetry and signals set up by the caller (shared with `dev`).
+pub async fn start(
+    g: &Global,
+    a: SchedulerArgs,
+    health: telemetry::Health,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let file = FileConfig::load(g.config.as_deref())?;
     let topology = g.topology()?;
     let (pagarme, appmax) = a.providers.resolve(&file);
     tracing::info!(?pagarme, ?appmax, scan_interval = ?a.scan_interval, "scheduler starting");
-    let health = telemetry::Health::new(&["database"]);
-    telemetry::serve(g.metrics_addr, health.clone()).await?;
     let pool = db::lazy_pool(&g.database_url, 4)?;
     let cfg = SchedulerConfig {
         amqp_url: g.amqp_url.clone(),
@@ -80,7 +90,6 @@ pub async fn run(g: &Global, a: SchedulerArgs) -> anyhow::Result<()> {
         appmax,
         leader_retry: a.leader_retry,
     };
-    let shutdown = super::shutdown_on_signals();
     warren_scheduler::run::run(cfg, pool, health, shutdown).await;
     tracing::info!("scheduler stopped");
     Ok(())

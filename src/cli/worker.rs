@@ -62,9 +62,19 @@ impl Tuning {
 }
 
 pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
-    let topology = g.topology()?;
     let health = telemetry::Health::new(&["broker", "database"]);
     telemetry::serve(g.metrics_addr, health.clone()).await?;
+    start(g, a, health, super::shutdown_on_signals()).await
+}
+
+/// Runs a worker with telemetry and signals set up by the caller (shared with `dev`).
+pub async fn start(
+    g: &Global,
+    a: WorkerArgs,
+    health: telemetry::Health,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let topology = g.topology()?;
     let pool = db::lazy_pool(&g.database_url, a.tuning.pool_size())?;
     let worker = Worker::new(
         a.tuning.config(&g.amqp_url, a.queues),
@@ -73,7 +83,6 @@ pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
         pool,
         health,
     )?;
-    let shutdown = super::shutdown_on_signals();
     worker.run(shutdown).await?;
     tracing::info!("worker stopped");
     Ok(())
