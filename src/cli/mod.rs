@@ -1,6 +1,7 @@
 //! Command-line interface: global settings (each flag with its env var) and the commands.
 
 mod bench;
+mod bench_due;
 mod dev;
 mod due;
 mod migrate;
@@ -99,6 +100,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Measure the worker runtime against a bare lapin consumer.
     Bench(bench::BenchArgs),
+    /// Measure the scheduler's due scan on a seeded throwaway database.
+    BenchDue(bench_due::BenchDueArgs),
     /// The whole fleet in one process against local services: migrate, topology, a worker
     /// on every queue and the scheduler.
     Dev(dev::DevArgs),
@@ -114,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Due(a) => due::run(&g, a).await,
         Command::Publish(a) => publish::run(&g, a).await,
         Command::Bench(a) => bench::run(&g, a).await,
+        Command::BenchDue(a) => bench_due::run(&g, a).await,
         Command::Dev(a) => dev::run(&g, a).await,
     }
 }
