@@ -308,3 +308,147 @@ async fn due_lists_with_reasons_and_rejects_bad_flags() {
     assert!(stderr(&out).contains("--limit"), "{}", stderr(&out));
     env.cleanup().await;
 }
+
+/// Ticks (from the idempotency keys `cron:{name}:{tick}`) of the messages on the cron queue.
+async fn drained_ticks(env: &TestEnv) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let mut ticks: Vec<chrono::DateTime<chrono::Utc>> = drain(env, &env.queue("cron"))
+        .await
+        .iter()
+        .map(|m| {
+            let key = header(m, "x-idempotency-key").unwrap();
+            let tick = key
+                .strip_prefix("cron:tick:")
+                .unwrap_or_else(|| panic!("{key}"));
+            let id = m.properties.message_id().as_ref().unwrap().to_string();
+            assert_eq!(id, warren_scheduler::ticks::tick_job_id(&key).to_string());
+            tick.parse().unwrap()
+        })
+        .collect();
+    ticks.sort();
+    ticks
+}
+
+/// Acceptance: `every = "2s"` run by three replicas for 20 s yields one job per tick, no
+/// gaps.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_2s_with_three_replicas_yields_one_job_per_tick() {
+    let config = format!(
+        "{FAST_CONFIG}\n[[cron]]\nname = \"tick\"\nevery = \"2s\"\ntask = \"cron.test-tick\"\n\
+         overlap = \"allow\"\npayload = {{ hello = \"world\" }}\n"
+    );
+    let env = TestEnv::new(&config).await;
+    let replicas: Vec<Worker> = (0..3).map(|_| scheduler(&env, &[])).collect();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    drop(replicas);
+    let ticks = drained_ticks(&env).await;
+    assert!(
+        (9..=11).contains(&ticks.len()),
+        "{} ticks in 20 s: {ticks:?}",
+        ticks.len()
+    );
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            2,
+            "gap or duplicate: {ticks:?}"
+        );
+    }
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cron_ticks WHERE schedule = 'tick' AND status = 'published'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded as usize, ticks.len());
+    env.cleanup().await;
+}
+
+/// `overlap = "skip"`: while the previous run is unfinished, ticks are recorded as skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlap_skip_records_skipped_ticks_while_a_run_is_unfinished() {
+    let config = format!(
+        "{FAST_CONFIG}\n[[cron]]\nname = \"tick\"\nevery = \"1s\"\ntask = \"cron.test-tick\"\n\
+         overlap = \"skip\"\n"
+    );
+    let env = TestEnv::new(&config).await;
+    let s = scheduler(&env, &[]);
+    // No worker runs the first tick's job, so it stays unfinished.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(s);
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM cron_ticks GROUP BY status ORDER BY status")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[0], ("published".to_owned(), 1), "{rows:?}");
+    assert_eq!(rows[1].0, "skipped", "{rows:?}");
+    assert!(rows[1].1 >= 2, "{rows:?}");
+    assert_eq!(drained_ticks(&env).await.len(), 1);
+    env.cleanup().await;
+}
+
+/// The built-in cron tasks: stale pending payments fail; old finished job rows are pruned.
+#[tokio::test(flavor = "multi_thread")]
+async fn builtin_cron_tasks_fail_stale_payments_and_prune_job_runs() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    for (key, age) in [("old", "3 hours"), ("new", "10 minutes")] {
+        sqlx::query(&format!(
+            "INSERT INTO payment_transactions (provider, idempotency_key, status, amount_cents,
+               currency, created_at) VALUES ('PAGARME', $1, 'pending', 100, 'BRL',
+               now() - interval '{age}')"
+        ))
+        .bind(key)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO job_runs (job_id, task, queue, status, updated_at) VALUES
+           ('ancient', 'demo.noop', 'default', 'succeeded', now() - interval '40 days'),
+           ('recent', 'demo.noop', 'default', 'succeeded', now())",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut w = env.worker(&["--queue", "cron"]);
+    w.wait_ready(T).await;
+    let a = env
+        .publish_json(
+            "cron.fail-stale-payments",
+            serde_json::json!({"max_age": "2h"}),
+            &Uuid::now_v7().to_string(),
+        )
+        .await;
+    let b = env
+        .publish_json(
+            "cron.prune-job-runs",
+            serde_json::json!({"older_than": "30d"}),
+            &Uuid::now_v7().to_string(),
+        )
+        .await;
+    env.wait_status(&a, "succeeded", T).await;
+    env.wait_status(&b, "succeeded", T).await;
+    let statuses: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT idempotency_key, status, failure_reason FROM payment_transactions ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(statuses[0].0, "new");
+    assert_eq!(statuses[0].1, "pending");
+    assert_eq!(statuses[1].1, "failed");
+    assert!(statuses[1].2.as_deref().unwrap().contains("stale"));
+    assert!(env.job("ancient").await.is_none(), "old row not pruned");
+    assert!(env.job("recent").await.is_some(), "recent row pruned");
+    let bad = env
+        .publish_json(
+            "cron.prune-job-runs",
+            serde_json::json!({"older_than": "soon"}),
+            &Uuid::now_v7().to_string(),
+        )
+        .await;
+    let row = env.wait_status(&bad, "dead_lettered", T).await;
+    assert!(row.last_error.unwrap().contains("older_than"));
+    drop(w);
+    env.cleanup().await;
+}

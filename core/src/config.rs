@@ -62,6 +62,10 @@ pub struct FileConfig {
     /// Rollout flags per billing provider (`pagarme`, `appmax`).
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// `[[cron]]` schedules, kept as TOML here and parsed by the scheduler
+    /// (`warren_scheduler::cron`), which owns their meaning.
+    #[serde(default)]
+    pub cron: Vec<toml::Value>,
 }
 
 /// One `[providers.NAME]` table; env vars (`WARREN_PAGARME_ENABLED`, …) take precedence.

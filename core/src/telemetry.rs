@@ -36,6 +36,10 @@ pub mod names {
     pub const SCHEDULER_PUBLISHED: &str = "warren_scheduler_published_total";
     /// histogram {provider}: one scan of one provider, seconds.
     pub const SCHEDULER_SCAN_DURATION: &str = "warren_scheduler_scan_duration_seconds";
+    /// counter {schedule}: cron ticks published.
+    pub const CRON_RUNS: &str = "warren_cron_runs_total";
+    /// gauge {schedule}: how late the last tick was published, seconds.
+    pub const CRON_TICK_LAG: &str = "warren_cron_tick_lag_seconds";
 }
 
 /// Log output format.

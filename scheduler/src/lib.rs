@@ -3,8 +3,11 @@
 //! - [`leader`]: one leader among any number of replicas (PostgreSQL advisory lock).
 //! - [`due`]: the due-renewal scans and their exactly-once-per-period enqueue.
 //! - [`cron`]: schedule arithmetic (cron expressions, intervals, time zones, catch-up).
+//! - [`ticks`]: recording each cron tick once and publishing its job.
+//! - [`run`]: the loop that ties them together on the leader.
 
 pub mod cron;
 pub mod due;
 pub mod leader;
 pub mod run;
+pub mod ticks;

@@ -27,6 +27,8 @@ pub struct SchedulerConfig {
     pub appmax: ProviderFlags,
     /// How often a standby tries to become leader.
     pub leader_retry: Duration,
+    /// Cron schedules, checked on every pass (about once a second).
+    pub schedules: Vec<crate::cron::Schedule>,
 }
 
 impl SchedulerConfig {
@@ -77,6 +79,9 @@ pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: C
                 if Instant::now() >= next_scan {
                     scan_all(&cfg, &pool, &mut broker).await;
                     next_scan = Instant::now() + cfg.scan_interval;
+                }
+                if !cfg.schedules.is_empty() {
+                    run_cron(&cfg, &pool, &mut broker).await;
                 }
                 next_scan
                     .saturating_duration_since(Instant::now())
@@ -146,6 +151,32 @@ async fn scan_all(
                     *broker = None;
                 }
             }
+        }
+    }
+}
+
+async fn run_cron(
+    cfg: &SchedulerConfig,
+    pool: &PgPool,
+    broker: &mut Option<(lapin::Connection, Producer)>,
+) {
+    if broker.is_none() {
+        match connect(cfg).await {
+            Ok(b) => *broker = Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach RabbitMQ; cron ticks wait");
+                return;
+            }
+        }
+    }
+    let Some((_, producer)) = broker.as_ref() else {
+        return;
+    };
+    if let Err(e) = crate::ticks::run_due(pool, producer, &cfg.schedules, chrono::Utc::now()).await
+    {
+        tracing::warn!(error = %e, "cron pass failed; retrying next pass");
+        if matches!(e, crate::ticks::TickError::Publish(_)) {
+            *broker = None;
         }
     }
 }

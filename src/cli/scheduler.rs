@@ -77,7 +77,9 @@ pub async fn start(
     let file = FileConfig::load(g.config.as_deref())?;
     let topology = g.topology()?;
     let (pagarme, appmax) = a.providers.resolve(&file);
-    tracing::info!(?pagarme, ?appmax, scan_interval = ?a.scan_interval, "scheduler starting");
+    let schedules = warren_scheduler::ticks::schedules(&file.cron)?;
+    tracing::info!(?pagarme, ?appmax, scan_interval = ?a.scan_interval,
+        schedules = schedules.len(), "scheduler starting");
     let pool = db::lazy_pool(&g.database_url, 4)?;
     let cfg = SchedulerConfig {
         amqp_url: g.amqp_url.clone(),
@@ -89,6 +91,7 @@ pub async fn start(
         pagarme,
         appmax,
         leader_retry: a.leader_retry,
+        schedules,
     };
     warren_scheduler::run::run(cfg, pool, health, shutdown).await;
     tracing::info!("scheduler stopped");

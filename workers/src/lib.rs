@@ -36,6 +36,7 @@ pub mod demo;
 pub mod error;
 mod execute;
 pub mod ledger;
+pub mod maintenance;
 pub mod registry;
 pub mod retry;
 pub mod runtime;

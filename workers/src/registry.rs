@@ -74,10 +74,12 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in self-test tasks (`demo.noop`, `demo.sleep`, `demo.fail`).
+    /// The built-in tasks: self-tests (`demo.noop`, `demo.sleep`, `demo.fail`) and cron
+    /// maintenance (`cron.fail-stale-payments`, `cron.prune-job-runs`).
     pub fn with_builtin() -> Self {
         let mut r = Self::new();
         crate::demo::register(&mut r).expect("built-in task names are distinct");
+        crate::maintenance::register(&mut r).expect("built-in task names are distinct");
         r
     }
 

@@ -1,0 +1,186 @@
+//! Running cron schedules: record each (schedule, tick) once and publish its job.
+//!
+//! On every pass the leader asks each [`Schedule`] which ticks are due (from the last tick
+//! recorded in `cron_ticks` and the catch-up policy) and, per tick, in one transaction:
+//! inserts the tick (`ON CONFLICT DO NOTHING` on `(schedule, tick)`), publishes the job and
+//! waits for the confirm, then commits. The job id is the UUIDv5 of the tick key and the
+//! tick key is the idempotency key, so the crash window (confirm received, commit lost)
+//! republishes the same job id, which the worker's ledger absorbs.
+//!
+//! **Overlap.** With `overlap = "skip"`, a tick whose schedule's previous published job has
+//! not finished (its `job_runs` row is not `succeeded` or `dead_lettered`) is recorded as
+//! `skipped` and not published. A previous run older than [`STUCK_AFTER`] counts as finished,
+//! so one lost job cannot silence a schedule forever.
+
+use crate::cron::{Overlap, Schedule, ScheduleConfig, ScheduleError};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+use warren_core::telemetry::names;
+use warren_producer::{Producer, PublishError, PublishOptions};
+
+/// A previous run unfinished for this long no longer blocks an `overlap = "skip"` schedule.
+pub const STUCK_AFTER: Duration = Duration::from_secs(3600);
+
+const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x0c4f_7d1a_93b2_4e58_a6c1_2f3e_4d5b_6a70);
+
+/// Parses the config file's `[[cron]]` tables.
+pub fn schedules(raw: &[toml::Value]) -> Result<Vec<Schedule>, ScheduleError> {
+    let mut configs = Vec::with_capacity(raw.len());
+    for (i, v) in raw.iter().enumerate() {
+        let name = v
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| i.to_string(), str::to_owned);
+        let cfg: ScheduleConfig =
+            v.clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ScheduleError {
+                    schedule: name,
+                    field: "*",
+                    message: e.message().to_owned(),
+                })?;
+        configs.push(cfg);
+    }
+    crate::cron::parse_schedules(configs)
+}
+
+/// The job id of a tick.
+pub fn tick_job_id(tick_key: &str) -> Uuid {
+    Uuid::new_v5(&JOB_ID_NAMESPACE, tick_key.as_bytes())
+}
+
+/// Tick failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("publishing a cron tick: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// Runs every due tick of every schedule; returns how many were published.
+pub async fn run_due(
+    pool: &PgPool,
+    producer: &Producer,
+    schedules: &[Schedule],
+    now: DateTime<Utc>,
+) -> Result<u64, TickError> {
+    let mut published = 0;
+    for s in schedules {
+        let last: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT max(tick) FROM cron_ticks WHERE schedule = $1")
+                .bind(s.name())
+                .fetch_one(pool)
+                .await?;
+        for tick in s.due_ticks(last, now) {
+            if run_tick(pool, producer, s, tick, now).await? {
+                published += 1;
+            }
+        }
+    }
+    Ok(published)
+}
+
+async fn run_tick(
+    pool: &PgPool,
+    producer: &Producer,
+    s: &Schedule,
+    tick: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool, TickError> {
+    let key = s.tick_key(tick);
+    let job_id = tick_job_id(&key);
+    let skip = match s.overlap() {
+        Overlap::Allow => None,
+        Overlap::Skip => previous_unfinished(pool, s.name(), now).await?,
+    };
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO cron_ticks (schedule, tick, job_id, status, reason)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(s.name())
+    .bind(tick)
+    .bind(job_id)
+    .bind(if skip.is_some() {
+        "skipped"
+    } else {
+        "published"
+    })
+    .bind(skip.as_deref())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    if let Some(reason) = skip {
+        tx.commit().await?;
+        tracing::info!(schedule = s.name(), %tick, %reason, "cron tick skipped (overlap = skip)");
+        return Ok(false);
+    }
+    let opts = PublishOptions {
+        id: Some(job_id.to_string()),
+        idempotency_key: Some(key),
+        ..Default::default()
+    };
+    producer.publish(s.task(), s.payload(), &opts).await?;
+    tx.commit().await?;
+    let lag = (now - tick).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::counter!(names::CRON_RUNS, "schedule" => s.name().to_owned()).increment(1);
+    metrics::gauge!(names::CRON_TICK_LAG, "schedule" => s.name().to_owned()).set(lag);
+    tracing::info!(schedule = s.name(), %tick, %job_id, task = s.task(), lag_s = lag, "cron tick published");
+    Ok(true)
+}
+
+/// Why the schedule's previous run blocks a new one, if it does.
+async fn previous_unfinished(
+    pool: &PgPool,
+    schedule: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, sqlx::Error> {
+    let prev: Option<(DateTime<Utc>, Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT t.tick, t.job_id, j.status::text
+           FROM cron_ticks t
+           LEFT JOIN job_runs j ON j.job_id = t.job_id::text
+          WHERE t.schedule = $1 AND t.status = 'published'
+          ORDER BY t.tick DESC LIMIT 1",
+    )
+    .bind(schedule)
+    .fetch_optional(pool)
+    .await?;
+    let Some((tick, job_id, status)) = prev else {
+        return Ok(None);
+    };
+    let finished = matches!(status.as_deref(), Some("succeeded" | "dead_lettered"));
+    let stuck = (now - tick).to_std().unwrap_or_default() > STUCK_AFTER;
+    Ok((!finished && !stuck).then(|| {
+        format!(
+            "previous run {job_id} (tick {tick}) is {}",
+            status.as_deref().unwrap_or("still queued")
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_schedule() {
+        let raw: toml::Value =
+            toml::from_str("name = \"x\"\nevery = \"2s\"\ntask = \"cron.x\"\nbogus = 1").unwrap();
+        let e = schedules(&[raw]).unwrap_err().to_string();
+        assert!(e.starts_with("cron[x]"), "{e}");
+        let ok: toml::Value =
+            toml::from_str("name = \"t\"\nevery = \"2s\"\ntask = \"cron.t\"").unwrap();
+        let s = schedules(&[ok]).unwrap();
+        assert_eq!(s[0].name(), "t");
+        let key = s[0].tick_key("2026-01-01T00:00:02Z".parse().unwrap());
+        assert_eq!(tick_job_id(&key), tick_job_id(&key));
+    }
+}

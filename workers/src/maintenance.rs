@@ -1,0 +1,118 @@
+//! Built-in cron tasks, routed to the `cron` queue (`cron.#`). Schedule them in the config
+//! file, e.g.
+//!
+//! ```toml
+//! [[cron]]
+//! name = "fail-stale-payments"
+//! cron = "*/15 * * * *"
+//! task = "cron.fail-stale-payments"
+//! payload = { max_age = "2h" }
+//!
+//! [[cron]]
+//! name = "prune-job-runs"
+//! cron = "30 3 * * *"
+//! timezone = "America/Sao_Paulo"
+//! task = "cron.prune-job-runs"
+//! payload = { older_than = "30d" }
+//! ```
+
+use crate::{JobContext, Registry, ResultExt, Task, TaskError};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Payload of `cron.fail-stale-payments`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailStale {
+    /// A `pending` payment transaction older than this becomes `failed` ("2h", "45m").
+    #[serde(default = "default_max_age")]
+    pub max_age: String,
+}
+
+fn default_max_age() -> String {
+    "2h".into()
+}
+
+/// Payload of `cron.prune-job-runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prune {
+    /// Finished `job_runs` rows and cron tick records older than this are deleted ("30d").
+    #[serde(default = "default_older_than")]
+    pub older_than: String,
+}
+
+fn default_older_than() -> String {
+    "30d".into()
+}
+
+fn age(field: &str, value: &str) -> Result<Duration, TaskError> {
+    humantime::parse_duration(value)
+        .map_err(|e| TaskError::Permanent(format!("{field}: {value:?} is not a duration: {e}")))
+}
+
+/// `cron.fail-stale-payments`: marks `pending` payment transactions older than `max_age`
+/// as `failed`, with the reason, so they stop blocking a subscription's next attempt.
+pub struct FailStalePayments;
+
+impl Task for FailStalePayments {
+    const NAME: &'static str = "cron.fail-stale-payments";
+    type Payload = FailStale;
+    async fn run(&self, p: FailStale, ctx: &JobContext) -> Result<(), TaskError> {
+        let max_age = age("max_age", &p.max_age)?;
+        let n = sqlx::query(
+            "UPDATE payment_transactions
+                SET status = 'failed', updated_at = now(),
+                    failure_reason = 'stale: pending longer than ' || $1
+              WHERE status = 'pending' AND created_at < now() - make_interval(secs => $2)",
+        )
+        .bind(&p.max_age)
+        .bind(max_age.as_secs_f64())
+        .execute(&ctx.db)
+        .await
+        .retryable()?
+        .rows_affected();
+        tracing::info!(failed = n, max_age = %p.max_age, "stale pending payments failed");
+        Ok(())
+    }
+}
+
+/// `cron.prune-job-runs`: deletes finished ledger rows and cron tick records older than
+/// `older_than`, keeping each schedule's latest tick (the scheduler resumes from it).
+pub struct PruneJobRuns;
+
+impl Task for PruneJobRuns {
+    const NAME: &'static str = "cron.prune-job-runs";
+    type Payload = Prune;
+    async fn run(&self, p: Prune, ctx: &JobContext) -> Result<(), TaskError> {
+        let older = age("older_than", &p.older_than)?.as_secs_f64();
+        let runs = sqlx::query(
+            "DELETE FROM job_runs
+              WHERE status IN ('succeeded', 'dead_lettered')
+                AND updated_at < now() - make_interval(secs => $1)",
+        )
+        .bind(older)
+        .execute(&ctx.db)
+        .await
+        .retryable()?
+        .rows_affected();
+        let ticks = sqlx::query(
+            "DELETE FROM cron_ticks t
+              WHERE t.recorded_at < now() - make_interval(secs => $1)
+                AND t.tick < (SELECT max(tick) FROM cron_ticks l WHERE l.schedule = t.schedule)",
+        )
+        .bind(older)
+        .execute(&ctx.db)
+        .await
+        .retryable()?
+        .rows_affected();
+        tracing::info!(job_runs = runs, cron_ticks = ticks, older_than = %p.older_than, "pruned");
+        Ok(())
+    }
+}
+
+/// Registers the built-in cron tasks.
+pub fn register(r: &mut Registry) -> Result<(), crate::DuplicateTask> {
+    r.register(FailStalePayments)?.register(PruneJobRuns)?;
+    Ok(())
+}
