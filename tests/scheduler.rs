@@ -59,6 +59,14 @@ async fn seed(
     ids
 }
 
+/// Renewal periods enqueued so far.
+async fn enqueued(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM renewal_enqueues")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
 /// Drains a queue (acking), returning the deliveries.
 async fn drain(env: &TestEnv, queue: &str) -> Vec<lapin::message::Delivery> {
     let mut out = Vec::new();
@@ -134,11 +142,7 @@ async fn three_replicas_publish_each_due_period_exactly_once() {
         .map(|_| scheduler(&env, &[("WARREN_APPMAX_DRY_RUN", "true")]))
         .collect();
     eventually(T, "30 renewals enqueued", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap()
-            == 30
+        enqueued(&env).await == 30
     })
     .await;
     // Several more scan intervals: nobody publishes a period twice.
@@ -149,11 +153,7 @@ async fn three_replicas_publish_each_due_period_exactly_once() {
         .collect();
     expected.extend(&more);
     eventually(T, "35 renewals enqueued", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap()
-            == 35
+        enqueued(&env).await == 35
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -200,11 +200,7 @@ async fn killed_leader_is_replaced_within_15s_without_double_publish() {
     let first = seed(&env, 20, "PAGARME", false, "ACTIVE", true).await;
     let mut replicas: Vec<Worker> = (0..3).map(|_| scheduler(&env, &[])).collect();
     eventually(T, "first batch enqueued", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap()
-            == 20
+        enqueued(&env).await == 20
     })
     .await;
     let l = leaders(&replicas).await;
@@ -219,11 +215,7 @@ async fn killed_leader_is_replaced_within_15s_without_double_publish() {
     .await;
     assert!(killed_at.elapsed() < Duration::from_secs(15));
     eventually(T, "second batch enqueued", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM renewal_enqueues")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap()
-            == 40
+        enqueued(&env).await == 40
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -290,11 +282,7 @@ async fn due_lists_with_reasons_and_rejects_bad_flags() {
     assert_eq!(v["summary"][0]["action"], "publish");
     assert_eq!(v["due"].as_array().unwrap().len(), 2);
     // Nothing was published or recorded.
-    let enq: i64 = sqlx::query_scalar("SELECT count(*) FROM renewal_enqueues")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(enq, 0);
+    assert_eq!(enqueued(&env).await, 0);
 
     let out = env.run(&["due", "--provider", "stripe"]);
     assert!(!out.status.success());

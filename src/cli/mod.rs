@@ -147,7 +147,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         wait_signal().await;
-        tracing::info!("signal received: finishing in-flight jobs (signal again to exit now)");
+        tracing::info!("signal received: shutting down gracefully (signal again to exit now)");
         t.cancel();
         wait_signal().await;
         tracing::warn!("second signal: exiting now; unacked jobs return to their queues");
