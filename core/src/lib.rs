@@ -1,6 +1,7 @@
 //! The Warren contract: what every role and every publisher agrees on.
 //!
 //! - [`task`]: task names (= routing keys) and the built-in payload types.
+//! - [`billing`]: billing intervals and period arithmetic.
 //! - [`envelope`]: AMQP properties and headers a job carries, and dead-letter reasons.
 //! - [`topology`]: exchanges, queues, bindings and delay tiers, declared as data.
 //! - [`config`]: typed settings from env vars, flags and the optional TOML file.
@@ -8,6 +9,7 @@
 //! - [`db`]: connecting to PostgreSQL, creating the database, running migrations.
 //! - [`telemetry`]: logging, Prometheus metrics and the health endpoints.
 
+pub mod billing;
 pub mod broker;
 pub mod config;
 pub mod db;

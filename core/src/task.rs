@@ -51,6 +51,15 @@ pub struct DemoFail {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// Payload of `renewal.pagarme` and `renewal.appmax`: renew one subscription for the period
+/// that ended at `period_end` (the scheduler publishes it; handlers validate it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalPayload {
+    pub subscription_id: uuid::Uuid,
+    pub period_end: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

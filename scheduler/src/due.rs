@@ -18,6 +18,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
+use warren_core::task::RenewalPayload;
 use warren_producer::{Producer, PublishError, PublishOptions};
 
 /// Namespace for deterministic renewal job ids (UUIDv5 of the renewal key).
@@ -116,13 +117,6 @@ pub fn renewal_key(subscription_id: Uuid, period_end: DateTime<Utc>) -> String {
 /// The deterministic job id of a renewal key.
 pub fn renewal_job_id(key: &str) -> Uuid {
     Uuid::new_v5(&JOB_ID_NAMESPACE, key.as_bytes())
-}
-
-/// The payload of `renewal.pagarme` / `renewal.appmax`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RenewalPayload {
-    pub subscription_id: Uuid,
-    pub period_end: DateTime<Utc>,
 }
 
 /// Per-provider rollout flags.
