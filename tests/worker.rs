@@ -619,3 +619,48 @@ async fn urls_are_redacted_and_migrate_is_idempotent() {
     assert!(again.status.success(), "{}", stderr(&again));
     env.cleanup().await;
 }
+
+/// Bodies over the limit: `publish` refuses them naming the limit; a worker dead-letters
+/// them as malformed without parsing.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_are_refused_and_dead_lettered() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    let out = env
+        .command(&["publish", "demo.noop", "--payload", &big])
+        .env("WARREN_MAX_BODY", "1000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the body limit is 1000"),
+        "{}",
+        stderr(&out)
+    );
+
+    let port = free_port();
+    let mut w = Worker {
+        child: env
+            .command(&["worker", "--queue", "default"])
+            .env("WARREN_MAX_BODY", "1000")
+            .env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .spawn()
+            .unwrap(),
+        port,
+        log: std::env::temp_dir().join("unused.log"),
+    };
+    w.wait_ready(T).await;
+    let job = env
+        .publish_json("demo.noop", serde_json::from_str(&big).unwrap(), &id())
+        .await;
+    let small = env.publish_json("demo.noop", json!({}), &id()).await;
+    let dl = env.take(&format!("{}.default.dlq", env.ns), T).await;
+    assert_eq!(header(&dl, "x-error-kind").as_deref(), Some("malformed"));
+    assert!(header(&dl, "x-error")
+        .unwrap()
+        .contains("the limit is 1000"));
+    assert_eq!(env.wait_status(&job, "dead_lettered", T).await.attempts, 0);
+    env.wait_status(&small, "succeeded", T).await;
+    drop(w);
+    env.cleanup().await;
+}

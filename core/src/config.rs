@@ -33,6 +33,8 @@ pub const DEFAULT_TIERS: [Duration; 6] = [
     Duration::from_secs(600),
     Duration::from_secs(3600),
 ];
+/// Largest job body accepted, in bytes (the wire contract's default).
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Broker-side crash-loop guard for work queues when the config file sets none.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 10;
 

@@ -67,7 +67,8 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let health = telemetry::Health::new(&["broker", "database"]);
         let worker = Worker::new(
-            a.tuning.config(&g.amqp_url, vec!["default".into()]),
+            a.tuning
+                .config(&g.amqp_url, vec!["default".into()], g.max_body),
             topology.clone(),
             Registry::with_builtin(),
             pool.clone(),

@@ -63,6 +63,11 @@ pub struct Global {
     #[arg(long, env = "WARREN_METRICS_ADDR", default_value = config::DEFAULT_METRICS_ADDR,
           global = true)]
     pub metrics_addr: SocketAddr,
+    /// Largest job body in bytes: `publish` refuses bigger payloads, workers dead-letter them
+    /// as malformed.
+    #[arg(long, env = "WARREN_MAX_BODY", default_value_t = config::DEFAULT_MAX_BODY,
+          global = true, value_parser = clap::value_parser!(usize))]
+    pub max_body: usize,
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text,
           global = true)]

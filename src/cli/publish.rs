@@ -64,6 +64,13 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
     let payload: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
     let body = serde_json::to_vec(&payload)?;
+    if body.len() > g.max_body {
+        bail!(
+            "{source} is {} bytes; the body limit is {} (WARREN_MAX_BODY / --max-body)",
+            body.len(),
+            g.max_body
+        );
+    }
 
     let topology = g.topology()?;
     let conn = g.connect("publish").await?;

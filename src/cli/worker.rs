@@ -44,9 +44,10 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    pub fn config(&self, amqp_url: &str, queues: Vec<String>) -> WorkerConfig {
+    pub fn config(&self, amqp_url: &str, queues: Vec<String>, max_body: usize) -> WorkerConfig {
         WorkerConfig {
             amqp_url: amqp_url.to_owned(),
+            max_body,
             queues,
             prefetch: self.prefetch,
             grace: self.grace,
@@ -77,7 +78,7 @@ pub async fn start(
     let topology = g.topology()?;
     let pool = db::lazy_pool(&g.database_url, a.tuning.pool_size())?;
     let worker = Worker::new(
-        a.tuning.config(&g.amqp_url, a.queues),
+        a.tuning.config(&g.amqp_url, a.queues, g.max_body),
         topology,
         Registry::with_builtin(),
         pool,

@@ -28,6 +28,7 @@ pub(crate) struct Session {
     pub registry: Arc<Registry>,
     pub topology: Arc<Topology>,
     pub db: PgPool,
+    pub max_body: usize,
 }
 
 /// How one delivery ended (the `outcome` label).
@@ -160,6 +161,16 @@ async fn process(
             &msg,
         )
         .await;
+    }
+
+    if d.data.len() > s.max_body {
+        let msg = format!(
+            "body is {} bytes; the limit is {} (WARREN_MAX_BODY)",
+            d.data.len(),
+            s.max_body
+        );
+        let not_run = Attempt::not_run();
+        return dead_letter(s, queue, d, key, &not_run, DeadLetterKind::Malformed, &msg).await;
     }
 
     let Some(handler) = s.registry.get(&key.task) else {

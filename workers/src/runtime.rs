@@ -34,6 +34,8 @@ use warren_producer::{Producer, PublishError};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub amqp_url: String,
+    /// Bodies larger than this are dead-lettered as malformed without being parsed.
+    pub max_body: usize,
     /// Short names of the queues to consume.
     pub queues: Vec<String>,
     /// Unacked deliveries per queue.
@@ -227,6 +229,7 @@ impl Worker {
             registry: self.registry.clone(),
             topology: self.topology.clone(),
             db: self.db.clone(),
+            max_body: self.cfg.max_body,
         });
         let stop = CancellationToken::new();
         let mut loops = JoinSet::new();

@@ -98,6 +98,7 @@ async fn user_task_times_out_retries_and_dead_letters_as_timeout() {
     let worker = Worker::new(
         WorkerConfig {
             amqp_url: AMQP.into(),
+            max_body: warren_core::config::DEFAULT_MAX_BODY,
             queues: vec!["naps".into()],
             prefetch: 8,
             grace: Duration::from_secs(5),
