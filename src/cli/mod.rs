@@ -5,6 +5,7 @@ mod bench_due;
 mod dev;
 mod due;
 mod migrate;
+mod provider_sim;
 mod publish;
 mod scheduler;
 mod topology;
@@ -101,6 +102,8 @@ pub enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// List what is due now and why, publishing nothing (dry run of the scanner).
     Due(due::DueArgs),
+    /// Serve the Pagar.me/Appmax simulator (scripted outcomes by card suffix).
+    ProviderSim(provider_sim::ProviderSimArgs),
     /// Publish a job (or N copies) with publisher confirms.
     Publish(publish::PublishArgs),
     /// Measure the worker runtime against a bare lapin consumer.
@@ -120,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(a) => worker::run(&g, a).await,
         Command::Scheduler(a) => scheduler::run(&g, a).await,
         Command::Due(a) => due::run(&g, a).await,
+        Command::ProviderSim(a) => provider_sim::run(&g, a).await,
         Command::Publish(a) => publish::run(&g, a).await,
         Command::Bench(a) => bench::run(&g, a).await,
         Command::BenchDue(a) => bench_due::run(&g, a).await,

@@ -37,6 +37,7 @@ pub mod error;
 mod execute;
 pub mod ledger;
 pub mod maintenance;
+pub mod providers;
 pub mod registry;
 pub mod retry;
 pub mod runtime;

@@ -1,0 +1,72 @@
+//! Error answers in the providers' shapes: `{ "message": … }` (Pagar.me adds `errors`).
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+/// An error answer.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// Pagar.me's `errors` object; omitted when `None` (Appmax has none).
+    errors: Option<serde_json::Value>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            errors: None,
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn with_errors(mut self, errors: serde_json::Value) -> Self {
+        self.errors = Some(errors);
+        self
+    }
+
+    pub(crate) fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// The scripted `_500` / `_500once` answer.
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "provider simulator: scripted internal server error (nothing charged)",
+        )
+    }
+
+    /// The scripted `_429` answer, `Retry-After: 1`.
+    pub(crate) fn too_many_requests() -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "provider simulator: scripted rate limit (nothing charged)",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.errors {
+            Some(errors) => json!({ "message": self.message, "errors": errors }),
+            None => json!({ "message": self.message }),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
