@@ -579,9 +579,20 @@ async fn json_job_logs_carry_job_fields() {
         .stderr(file)
         .spawn()
         .unwrap();
-    let job = env
-        .publish_json("demo.fail", json!({"mode": "permanent"}), &id())
-        .await;
+    let job = id();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-tenant".into(),
+        lapin::types::AMQPValue::LongString("acme".into()),
+    );
+    env.publish(
+        "demo.fail",
+        br#"{"mode":"permanent"}"#,
+        BasicProperties::default()
+            .with_message_id(job.as_str().into())
+            .with_headers(headers),
+    )
+    .await;
     env.wait_status(&job, "dead_lettered", T).await;
     let _ = child.kill();
     let _ = child.wait();
@@ -598,6 +609,7 @@ async fn json_job_logs_carry_job_fields() {
     assert_eq!(span["task"], "demo.fail");
     assert_eq!(span["queue"], "default");
     assert_eq!(span["attempt"], 1);
+    assert_eq!(span["tenant"], "acme");
     let _ = std::fs::remove_file(&log);
     env.cleanup().await;
 }

@@ -96,7 +96,10 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, 
     let attempt = env::header_u64(headers, env::H_ATTEMPT)
         .unwrap_or(1)
         .clamp(1, u32::MAX.into()) as u32;
-    let span = tracing::info_span!("job", %job_id, %task, queue = %queue.name, attempt);
+    let tenant = env::header_str(headers, env::H_TENANT);
+    let traceparent = env::header_str(headers, env::H_TRACEPARENT);
+    let span = tracing::info_span!("job", %job_id, %task, queue = %queue.name, attempt,
+        tenant = tenant.as_deref(), traceparent = traceparent.as_deref());
     let key = JobKey {
         job_id,
         task,
