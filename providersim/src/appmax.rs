@@ -5,11 +5,8 @@
 //! idempotency header: an order is unique by `reference`, and charging an order that already
 //! has a decision answers that decision without charging again.
 
-use crate::error::ApiError;
-use crate::outcome::{unknown_suffix_message, Outcome};
-use crate::state::{
-    decision_message, AppmaxOrder, AppmaxStatus, Charge, ChargeStatus, Provider, Step,
-};
+use crate::error::{decided, outcome_for, ApiError};
+use crate::state::{decision_message, AppmaxOrder, AppmaxStatus, ChargeStatus, Provider};
 use crate::AppState;
 use axum::{
     body::Bytes,
@@ -120,34 +117,23 @@ pub(crate) async fn charge(
         }
         let reference = order.reference.clone();
         let amount_cents = order.amount_cents;
-        let outcome = Outcome::from_card(&req.token).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                unknown_suffix_message("token", &req.token),
-            )
-        })?;
-        match sim.step(Provider::Appmax, &reference, outcome, app.cfg.timeout_hang) {
-            Step::Fail500 => return Err(ApiError::internal()),
-            Step::Throttle => return Err(ApiError::too_many_requests()),
-            Step::Charge { status, wait } => {
-                let order = &mut sim.appmax_orders[i];
-                order.status = match status {
-                    ChargeStatus::Paid => AppmaxStatus::Approved,
-                    ChargeStatus::Failed => AppmaxStatus::Declined,
-                };
-                order.message = decision_message(status).to_owned();
-                let answer = charge_json(order);
-                sim.ledger.push(Charge {
-                    provider: Provider::Appmax,
-                    key: reference.clone(),
-                    card: req.token,
-                    amount_cents,
-                    status,
-                });
-                tracing::info!(reference, ?status, %outcome, "appmax charge");
-                (answer, wait)
-            }
-        }
+        let outcome = outcome_for("token", &req.token)?;
+        let (status, wait) = decided(sim.charge(
+            Provider::Appmax,
+            &reference,
+            &req.token,
+            amount_cents,
+            outcome,
+            app.cfg.timeout_hang,
+        ))?;
+        let order = &mut sim.appmax_orders[i];
+        order.status = match status {
+            ChargeStatus::Paid => AppmaxStatus::Approved,
+            ChargeStatus::Failed => AppmaxStatus::Declined,
+        };
+        order.message = decision_message(status).to_owned();
+        tracing::info!(reference, ?status, %outcome, "appmax charge");
+        (charge_json(order), wait)
     };
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;

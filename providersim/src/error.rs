@@ -6,6 +6,10 @@ use axum::{
     Json,
 };
 use serde_json::json;
+use std::time::Duration;
+
+use crate::outcome::{unknown_suffix_message, Outcome};
+use crate::state::{ChargeStatus, Step};
 
 /// An error answer.
 #[derive(Debug)]
@@ -68,5 +72,20 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// The outcome a card id or token asks for, or a 400 naming the known suffixes.
+pub(crate) fn outcome_for(field: &str, card: &str) -> Result<Outcome, ApiError> {
+    Outcome::from_card(card)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, unknown_suffix_message(field, card)))
+}
+
+/// A decided attempt's status and wait, or the error answer of one that reached no decision.
+pub(crate) fn decided(step: Step) -> Result<(ChargeStatus, Duration), ApiError> {
+    match step {
+        Step::Fail500 => Err(ApiError::internal()),
+        Step::Throttle => Err(ApiError::too_many_requests()),
+        Step::Charge { status, wait } => Ok((status, wait)),
     }
 }

@@ -3,9 +3,8 @@
 //! Basic auth must be present (the secret key is not checked). An order is found again by
 //! its `Idempotency-Key` or its `code`; a replay answers the first order and charges nothing.
 
-use crate::error::ApiError;
-use crate::outcome::{unknown_suffix_message, Outcome};
-use crate::state::{decision_message, Charge, ChargeStatus, PagarmeOrder, Provider, Step};
+use crate::error::{decided, outcome_for, ApiError};
+use crate::state::{decision_message, ChargeStatus, PagarmeOrder, Provider};
 use crate::AppState;
 use axum::{
     body::Bytes,
@@ -147,42 +146,32 @@ pub(crate) async fn create_order(
                     "payments[].credit_card.card_id is required by the simulator",
                 )
             })?;
-        let outcome = Outcome::from_card(&card).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                unknown_suffix_message("card_id", &card),
-            )
-        })?;
+        let outcome = outcome_for("card_id", &card)?;
         let amount: i64 = req.items.iter().map(|i| i.amount * i.quantity).sum();
 
-        match sim.step(Provider::Pagarme, &key, outcome, app.cfg.timeout_hang) {
-            Step::Fail500 => return Err(ApiError::internal()),
-            Step::Throttle => return Err(ApiError::too_many_requests()),
-            Step::Charge { status, wait } => {
-                let n = sim.next_id();
-                let order = PagarmeOrder {
-                    id: format!("or_sim{n:010}"),
-                    charge_id: format!("ch_sim{n:010}"),
-                    code: code.clone().unwrap_or_else(|| key.clone()),
-                    amount,
-                    status,
-                };
-                let i = sim.pagarme_orders.len();
-                sim.pagarme_orders.push(order.clone());
-                for k in [idempotency_key, code].into_iter().flatten() {
-                    sim.pagarme_by_key.entry(k).or_insert(i);
-                }
-                sim.ledger.push(Charge {
-                    provider: Provider::Pagarme,
-                    key: key.clone(),
-                    card,
-                    amount_cents: amount,
-                    status,
-                });
-                tracing::info!(key, order = %order.id, ?status, %outcome, "pagarme charge");
-                (order, wait)
-            }
+        let (status, wait) = decided(sim.charge(
+            Provider::Pagarme,
+            &key,
+            &card,
+            amount,
+            outcome,
+            app.cfg.timeout_hang,
+        ))?;
+        let n = sim.next_id();
+        let order = PagarmeOrder {
+            id: format!("or_sim{n:010}"),
+            charge_id: format!("ch_sim{n:010}"),
+            code: code.clone().unwrap_or_else(|| key.clone()),
+            amount,
+            status,
+        };
+        let i = sim.pagarme_orders.len();
+        sim.pagarme_orders.push(order.clone());
+        for k in [idempotency_key, code].into_iter().flatten() {
+            sim.pagarme_by_key.entry(k).or_insert(i);
         }
+        tracing::info!(key, order = %order.id, ?status, %outcome, "pagarme charge");
+        (order, wait)
     };
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;

@@ -109,8 +109,32 @@ impl Sim {
         self.next_id
     }
 
+    /// Counts a charge attempt for `key`, decides what it does and, when it reaches a
+    /// decision, records it in the ledger: the one place a charge is recorded.
+    pub(crate) fn charge(
+        &mut self,
+        provider: Provider,
+        key: &str,
+        card: &str,
+        amount_cents: i64,
+        outcome: Outcome,
+        timeout_hang: Duration,
+    ) -> Step {
+        let step = self.step(provider, key, outcome, timeout_hang);
+        if let Step::Charge { status, .. } = step {
+            self.ledger.push(Charge {
+                provider,
+                key: key.to_owned(),
+                card: card.to_owned(),
+                amount_cents,
+                status,
+            });
+        }
+        step
+    }
+
     /// Counts a charge attempt for `key` and decides what it does.
-    pub(crate) fn step(
+    fn step(
         &mut self,
         provider: Provider,
         key: &str,
