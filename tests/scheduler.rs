@@ -168,7 +168,7 @@ async fn three_replicas_publish_each_due_period_exactly_once() {
         let key = header(m, "x-idempotency-key").unwrap();
         assert!(key.starts_with(&format!("renewal:{sub}:")), "{key}");
         let id = m.properties.message_id().as_ref().unwrap().to_string();
-        assert_eq!(id, warren_scheduler::due::renewal_job_id(&key).to_string());
+        assert_eq!(id, warren_core::envelope::job_id_for_key(&key).to_string());
     }
     assert_eq!(seen, expected);
     assert!(
@@ -308,7 +308,7 @@ async fn drained_ticks(env: &TestEnv) -> Vec<chrono::DateTime<chrono::Utc>> {
                 .strip_prefix("cron:tick:")
                 .unwrap_or_else(|| panic!("{key}"));
             let id = m.properties.message_id().as_ref().unwrap().to_string();
-            assert_eq!(id, warren_scheduler::ticks::tick_job_id(&key).to_string());
+            assert_eq!(id, warren_core::envelope::job_id_for_key(&key).to_string());
             tick.parse().unwrap()
         })
         .collect();

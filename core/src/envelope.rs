@@ -66,6 +66,18 @@ impl fmt::Display for DeadLetterKind {
     }
 }
 
+/// Namespace of deterministic job ids.
+const JOB_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5f1c_2a4e_8d3b_4c6a_9e7f_1b2d_3c4e_5f60);
+
+/// The job id of an idempotency key (UUIDv5): whoever publishes the same key — a scheduler
+/// replica after failover, a retried scan, a cron tick — publishes the same job id, which
+/// the worker's ledger deduplicates. Keys carry their kind as a prefix (`renewal:…`,
+/// `cron:…`), so one namespace serves them all.
+pub fn job_id_for_key(key: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, key.as_bytes())
+}
+
 /// Persistent JSON message properties, as every Warren publisher sets them.
 pub fn json_properties(job_id: &str, headers: FieldTable) -> BasicProperties {
     let now = std::time::SystemTime::now()
@@ -154,6 +166,14 @@ mod tests {
         assert_eq!(header_u64(Some(&h), "d"), None);
         assert_eq!(header_u64(Some(&h), "missing"), None);
         assert_eq!(header_u64(None, "a"), None);
+    }
+
+    #[test]
+    fn job_ids_are_deterministic_v5_per_key() {
+        let a = job_id_for_key("renewal:x:2026-01-01T00:00:00Z");
+        assert_eq!(a, job_id_for_key("renewal:x:2026-01-01T00:00:00Z"));
+        assert_eq!(a.get_version_num(), 5);
+        assert_ne!(a, job_id_for_key("cron:x:2026-01-01T00:00:00Z"));
     }
 
     #[test]

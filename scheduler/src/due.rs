@@ -18,11 +18,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
+use warren_core::envelope::job_id_for_key;
 use warren_core::task::RenewalPayload;
 use warren_producer::{Producer, PublishError, PublishOptions};
-
-/// Namespace for deterministic renewal job ids (UUIDv5 of the renewal key).
-const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f1c_2a4e_8d3b_4c6a_9e7f_1b2d_3c4e_5f60);
 
 /// What is scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -112,11 +110,6 @@ pub fn renewal_key(subscription_id: Uuid, period_end: DateTime<Utc>) -> String {
         "renewal:{subscription_id}:{}",
         period_end.to_rfc3339_opts(SecondsFormat::AutoSi, true)
     )
-}
-
-/// The deterministic job id of a renewal key.
-pub fn renewal_job_id(key: &str) -> Uuid {
-    Uuid::new_v5(&JOB_ID_NAMESPACE, key.as_bytes())
 }
 
 /// Per-provider rollout flags.
@@ -212,7 +205,7 @@ async fn enqueue(
         .collect();
     let ids: Vec<Uuid> = page.iter().map(|p| p.0).collect();
     let ends: Vec<DateTime<Utc>> = page.iter().map(|p| p.1).collect();
-    let job_ids: Vec<Uuid> = keys.iter().map(|k| renewal_job_id(k)).collect();
+    let job_ids: Vec<Uuid> = keys.iter().map(|k| job_id_for_key(k)).collect();
     let mut tx = pool.begin().await?;
     let fresh: Vec<(Uuid, DateTime<Utc>, Uuid, String)> = sqlx::query_as(
         "INSERT INTO renewal_enqueues (subscription_id, period_end, provider, job_id, idempotency_key)
@@ -264,14 +257,13 @@ mod tests {
             key,
             "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-11-23T12:00:00Z"
         );
-        assert_eq!(renewal_job_id(&key), renewal_job_id(&key));
-        assert_eq!(renewal_job_id(&key).get_version_num(), 5);
+
         let other = renewal_key(sub, "2026-12-23T12:00:00.5Z".parse().unwrap());
         assert_eq!(
             other,
             "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-12-23T12:00:00.500Z"
         );
-        assert_ne!(renewal_job_id(&key), renewal_job_id(&other));
+        assert_ne!(job_id_for_key(&key), job_id_for_key(&other));
     }
 
     #[test]

@@ -17,13 +17,12 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
+use warren_core::envelope::job_id_for_key;
 use warren_core::telemetry::names;
 use warren_producer::{Producer, PublishError, PublishOptions};
 
 /// A previous run unfinished for this long no longer blocks an `overlap = "skip"` schedule.
 pub const STUCK_AFTER: Duration = Duration::from_secs(3600);
-
-const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x0c4f_7d1a_93b2_4e58_a6c1_2f3e_4d5b_6a70);
 
 /// Parses the config file's `[[cron]]` tables.
 pub fn schedules(raw: &[toml::Value]) -> Result<Vec<Schedule>, ScheduleError> {
@@ -44,11 +43,6 @@ pub fn schedules(raw: &[toml::Value]) -> Result<Vec<Schedule>, ScheduleError> {
         configs.push(cfg);
     }
     crate::cron::parse_schedules(configs)
-}
-
-/// The job id of a tick.
-pub fn tick_job_id(tick_key: &str) -> Uuid {
-    Uuid::new_v5(&JOB_ID_NAMESPACE, tick_key.as_bytes())
 }
 
 /// Tick failures.
@@ -91,7 +85,7 @@ async fn run_tick(
     now: DateTime<Utc>,
 ) -> Result<bool, TickError> {
     let key = s.tick_key(tick);
-    let job_id = tick_job_id(&key);
+    let job_id = job_id_for_key(&key);
     let skip = match s.overlap() {
         Overlap::Allow => None,
         Overlap::Skip => previous_unfinished(pool, s.name(), now).await?,
@@ -181,6 +175,6 @@ mod tests {
         let s = schedules(&[ok]).unwrap();
         assert_eq!(s[0].name(), "t");
         let key = s[0].tick_key("2026-01-01T00:00:02Z".parse().unwrap());
-        assert_eq!(tick_job_id(&key), tick_job_id(&key));
+        assert!(key.starts_with("cron:t:"), "{key}");
     }
 }
