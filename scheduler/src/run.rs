@@ -2,7 +2,7 @@
 //!
 //! Standbys try for the lock every `leader_retry`; the leader checks its lock connection
 //! every second and steps down the moment it is gone. The broker connection is opened only
-//! by the leader, only when a scan publishes, and reopened after a failure.
+//! by the leader, only when a pass publishes (`Broker`), and reopened after a failure.
 
 use crate::due::{self, DueKind, ProviderFlags};
 use crate::leader::{lock_key, Leadership};
@@ -44,7 +44,7 @@ impl SchedulerConfig {
 pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: CancellationToken) {
     let key = lock_key(&cfg.namespace);
     let mut leadership: Option<Leadership> = None;
-    let mut broker: Option<(lapin::Connection, Producer)> = None;
+    let mut broker = Broker::default();
     let mut next_scan = Instant::now();
     metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
     loop {
@@ -98,33 +98,21 @@ pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: C
         tracing::info!("released scheduler leadership");
     }
     metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
-    if let Some((conn, _)) = broker {
-        let _ = conn.close(200, "scheduler stopping".into()).await;
-    }
+    broker.close().await;
 }
 
-async fn scan_all(
-    cfg: &SchedulerConfig,
-    pool: &PgPool,
-    broker: &mut Option<(lapin::Connection, Producer)>,
-) {
+async fn scan_all(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
     for kind in DueKind::ALL {
         let flags = cfg.flags(kind);
         if !flags.enabled {
             continue;
         }
         let publishes = kind.task().is_some() && !flags.dry_run;
-        if publishes && broker.is_none() {
-            match connect(cfg).await {
-                Ok(b) => *broker = Some(b),
-                Err(e) => {
-                    tracing::warn!(error = %e, provider = kind.label(), "cannot reach RabbitMQ; scan postponed");
-                    continue;
-                }
-            }
-        }
         let producer = if publishes {
-            broker.as_ref().map(|b| &b.1)
+            match broker.producer(cfg, kind.label()).await {
+                Some(p) => Some(p),
+                None => continue,
+            }
         } else {
             None
         };
@@ -148,43 +136,58 @@ async fn scan_all(
             Err(e) => {
                 tracing::warn!(error = %e, provider = kind.label(), "due scan failed; retrying next interval");
                 if matches!(e, due::ScanError::Publish(_)) {
-                    *broker = None;
+                    broker.reset();
                 }
             }
         }
     }
 }
 
-async fn run_cron(
-    cfg: &SchedulerConfig,
-    pool: &PgPool,
-    broker: &mut Option<(lapin::Connection, Producer)>,
-) {
-    if broker.is_none() {
-        match connect(cfg).await {
-            Ok(b) => *broker = Some(b),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach RabbitMQ; cron ticks wait");
-                return;
-            }
-        }
-    }
-    let Some((_, producer)) = broker.as_ref() else {
+async fn run_cron(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
+    let Some(producer) = broker.producer(cfg, "cron").await else {
         return;
     };
     if let Err(e) = crate::ticks::run_due(pool, producer, &cfg.schedules, chrono::Utc::now()).await
     {
         tracing::warn!(error = %e, "cron pass failed; retrying next pass");
         if matches!(e, crate::ticks::TickError::Publish(_)) {
-            *broker = None;
+            broker.reset();
         }
     }
 }
 
-async fn connect(
-    cfg: &SchedulerConfig,
-) -> Result<(lapin::Connection, Producer), warren_producer::PublishError> {
-    let conn = warren_core::broker::connect(&cfg.amqp_url, "scheduler").await?;
-    let producer = Producer::new(&conn, cfg.jobs_exchange.clone()).await?;
-    Ok((conn, producer))
+/// The leader's broker connection: opened when a pass first needs to publish, dropped
+/// after a publish failure so the next pass reconnects.
+#[derive(Default)]
+struct Broker(Option<(lapin::Connection, Producer)>);
+
+impl Broker {
+    /// A producer, connecting first if needed; `None` (logged) while RabbitMQ is unreachable.
+    async fn producer(&mut self, cfg: &SchedulerConfig, work: &str) -> Option<&Producer> {
+        if self.0.is_none() {
+            let opened = async {
+                let conn = warren_core::broker::connect(&cfg.amqp_url, "scheduler").await?;
+                let producer = Producer::new(&conn, cfg.jobs_exchange.clone()).await?;
+                Ok::<_, warren_producer::PublishError>((conn, producer))
+            };
+            match opened.await {
+                Ok(b) => self.0 = Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, work, "cannot reach RabbitMQ; postponed to the next pass");
+                    return None;
+                }
+            }
+        }
+        self.0.as_ref().map(|(_, p)| p)
+    }
+
+    fn reset(&mut self) {
+        self.0 = None;
+    }
+
+    async fn close(self) {
+        if let Some((conn, _)) = self.0 {
+            let _ = conn.close(200, "scheduler stopping".into()).await;
+        }
+    }
 }
