@@ -11,6 +11,7 @@ use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
 use lapin::types::FieldTable;
+use lapin::BasicProperties;
 use sqlx::PgPool;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -100,13 +101,19 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, 
     let traceparent = env::header_str(headers, env::H_TRACEPARENT);
     let span = tracing::info_span!("job", %job_id, %task, queue = %queue.name, attempt,
         tenant = tenant.as_deref(), traceparent = traceparent.as_deref());
-    let key = JobKey {
-        job_id,
-        task,
-        queue: queue.name.clone(),
+    let job = Job {
+        key: JobKey {
+            job_id,
+            task,
+            queue: queue.name.clone(),
+        },
+        attempt,
+        tenant,
+        d,
     };
     async move {
-        let result = process(&s, &queue, &d, &key, attempt).await;
+        let result = process(&s, &queue, &job).await;
+        let (d, key) = (&job.d, &job.key);
         match result {
             Ok(outcome) => {
                 metrics::counter!(names::JOBS_PROCESSED, "queue" => queue.name.clone(),
@@ -135,13 +142,8 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, 
     .await
 }
 
-async fn process(
-    s: &Session,
-    queue: &WorkQueue,
-    d: &Delivery,
-    key: &JobKey,
-    attempt: u32,
-) -> Result<Outcome, Abandon> {
+async fn process(s: &Session, queue: &WorkQueue, job: &Job) -> Result<Outcome, Abandon> {
+    let (d, key, attempt) = (&job.d, &job.key, job.attempt);
     let headers = d.properties.headers().as_ref();
 
     // A message the broker keeps redelivering has crashed workers: stop before the broker's
@@ -154,16 +156,7 @@ async fn process(
             queue.delivery_limit
         );
         let not_run = Attempt::not_run();
-        return dead_letter(
-            s,
-            queue,
-            d,
-            key,
-            &not_run,
-            DeadLetterKind::DeliveryLimit,
-            &msg,
-        )
-        .await;
+        return dead_letter(s, queue, job, &not_run, DeadLetterKind::DeliveryLimit, &msg).await;
     }
 
     if d.data.len() > s.max_body {
@@ -173,7 +166,7 @@ async fn process(
             s.max_body
         );
         let not_run = Attempt::not_run();
-        return dead_letter(s, queue, d, key, &not_run, DeadLetterKind::Malformed, &msg).await;
+        return dead_letter(s, queue, job, &not_run, DeadLetterKind::Malformed, &msg).await;
     }
 
     let Some(handler) = s.registry.get(&key.task) else {
@@ -184,16 +177,7 @@ async fn process(
             known.join(", ")
         );
         let not_run = Attempt::not_run();
-        return dead_letter(
-            s,
-            queue,
-            d,
-            key,
-            &not_run,
-            DeadLetterKind::UnknownTask,
-            &msg,
-        )
-        .await;
+        return dead_letter(s, queue, job, &not_run, DeadLetterKind::UnknownTask, &msg).await;
     };
 
     let policy = handler.retry_policy();
@@ -207,14 +191,14 @@ async fn process(
         attempt,
         max_attempts,
         idempotency_key: env::header_str(headers, env::H_IDEMPOTENCY_KEY),
-        tenant: env::header_str(headers, env::H_TENANT),
+        tenant: job.tenant.clone(),
         db: s.db.clone(),
     };
     let fut = match handler.clone().start(&d.data, ctx) {
         Ok(fut) => fut,
         Err(m) => {
             let not_run = Attempt::not_run();
-            return dead_letter(s, queue, d, key, &not_run, DeadLetterKind::Malformed, &m.0).await;
+            return dead_letter(s, queue, job, &not_run, DeadLetterKind::Malformed, &m.0).await;
         }
     };
 
@@ -277,13 +261,13 @@ async fn process(
         ),
     };
     if !retryable {
-        return dead_letter(s, queue, d, key, &ran, DeadLetterKind::Permanent, &error).await;
+        return dead_letter(s, queue, job, &ran, DeadLetterKind::Permanent, &error).await;
     }
     if attempt >= max_attempts {
         let msg = format!("{error} (attempt {attempt} of {max_attempts})");
-        return dead_letter(s, queue, d, key, &ran, exhausted_kind, &msg).await;
+        return dead_letter(s, queue, job, &ran, exhausted_kind, &msg).await;
     }
-    retry(s, d, key, attempt, &ran, &policy, &error).await
+    retry(s, job, &ran, &policy, &error).await
 }
 
 /// The ledger's view of this delivery's execution.
@@ -314,22 +298,15 @@ impl Attempt {
 
 async fn retry(
     s: &Session,
-    d: &Delivery,
-    key: &JobKey,
-    attempt: u32,
+    job: &Job,
     ran: &Attempt,
     policy: &crate::RetryPolicy,
     error: &str,
 ) -> Result<Outcome, Abandon> {
+    let (d, key, attempt) = (&job.d, &job.key, job.attempt);
     let tiers = s.topology.tiers();
     let tier = policy.tier(attempt, tiers);
-    let mut headers = republish_headers(d);
-    env::set_int(&mut headers, env::H_ATTEMPT, u64::from(attempt) + 1);
-    let props = d
-        .properties
-        .clone()
-        .with_message_id(key.job_id.as_str().into())
-        .with_headers(headers);
+    let props = job.republish(|h| env::set_int(h, env::H_ATTEMPT, u64::from(attempt) + 1));
     let exchange = s.topology.tier_name(tier);
     s.producer
         .publish_raw(&exchange, &key.task, &key.task, &d.data, props)
@@ -347,29 +324,24 @@ async fn retry(
 async fn dead_letter(
     s: &Session,
     queue: &WorkQueue,
-    d: &Delivery,
-    key: &JobKey,
+    job: &Job,
     ran: &Attempt,
     kind: DeadLetterKind,
     error: &str,
 ) -> Result<Outcome, Abandon> {
-    let attempt = env::header_u64(d.properties.headers().as_ref(), env::H_ATTEMPT).unwrap_or(1);
-    let mut headers = republish_headers(d);
+    let (d, key) = (&job.d, &job.key);
     let error: String = error.chars().take(4000).collect();
-    env::set_str(&mut headers, env::H_ERROR, &error);
-    env::set_str(&mut headers, env::H_ERROR_KIND, kind.as_str());
-    env::set_str(&mut headers, env::H_ORIGINAL_ROUTING_KEY, &key.task);
-    env::set_str(
-        &mut headers,
-        env::H_FAILED_AT,
-        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    );
-    env::set_int(&mut headers, env::H_ATTEMPTS, attempt);
-    let props = d
-        .properties
-        .clone()
-        .with_message_id(key.job_id.as_str().into())
-        .with_headers(headers);
+    let props = job.republish(|h| {
+        env::set_str(h, env::H_ERROR, &error);
+        env::set_str(h, env::H_ERROR_KIND, kind.as_str());
+        env::set_str(h, env::H_ORIGINAL_ROUTING_KEY, &key.task);
+        env::set_str(
+            h,
+            env::H_FAILED_AT,
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        env::set_int(h, env::H_ATTEMPTS, job.attempt.into());
+    });
     s.producer
         .publish_raw(
             &s.topology.dead_letter_exchange(),
@@ -389,12 +361,30 @@ async fn dead_letter(
     Ok(Outcome::DeadLettered)
 }
 
-/// The delivery's headers minus the broker-owned redelivery counter, which must not follow
-/// the job into a new message (it would look like a crash loop).
-fn republish_headers(d: &Delivery) -> FieldTable {
-    let mut h = d.properties.headers().clone().unwrap_or_default();
-    env::remove(&mut h, env::H_DELIVERY_COUNT);
-    h
+/// One delivery and what the runtime read from its envelope once.
+struct Job {
+    d: Delivery,
+    key: JobKey,
+    /// `x-attempt`, 1 on the first attempt.
+    attempt: u32,
+    tenant: Option<String>,
+}
+
+impl Job {
+    /// Properties for republishing this job (retry or dead letter): the original ones with
+    /// the job id set, and headers edited by `edit`, minus the broker-owned redelivery
+    /// counter, which must not follow the job into a new message (it would look like a
+    /// crash loop).
+    fn republish(&self, edit: impl FnOnce(&mut FieldTable)) -> BasicProperties {
+        let mut h = self.d.properties.headers().clone().unwrap_or_default();
+        env::remove(&mut h, env::H_DELIVERY_COUNT);
+        edit(&mut h);
+        self.d
+            .properties
+            .clone()
+            .with_message_id(self.key.job_id.as_str().into())
+            .with_headers(h)
+    }
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
