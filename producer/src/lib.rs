@@ -95,11 +95,9 @@ impl Producer {
         for (body, opts) in bodies {
             let (id, props) = Self::envelope(&opts);
             ids.push(id);
-            let this = self.clone();
-            let task = task.to_owned();
+            // The futures borrow the producer and the task; only the body moves in.
             pending.push_back(async move {
-                let exchange = this.exchange.clone();
-                this.publish_raw(&exchange, &task, &task, &body, props)
+                self.publish_raw(&self.exchange, task, task, &body, props)
                     .await
             });
             while pending.len() >= window.max(1) {
