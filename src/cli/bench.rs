@@ -90,7 +90,7 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
             );
         }
         let t = started.elapsed();
-        rss_kib = rss_kib.max(current_rss_kib());
+        rss_kib = rss_kib.max(proc_status_kib("VmRSS"));
         shutdown.cancel();
         handle.await??;
         let rt = a.jobs as f64 / t.as_secs_f64();
@@ -215,12 +215,14 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn current_rss_kib() -> u64 {
+/// A memory field of `/proc/self/status` in KiB (`VmRSS` now, `VmHWM` the peak); 0 where
+/// the file does not exist.
+pub(super) fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)

@@ -5,6 +5,7 @@
 //! the process's peak RSS. Prints `EXPLAIN` of each due query first. The database and the
 //! bench namespace are removed at the end.
 
+use super::bench::proc_status_kib;
 use super::Global;
 use anyhow::{ensure, Context};
 use clap::Args;
@@ -98,7 +99,7 @@ pub async fn run(g: &Global, a: BenchDueArgs) -> anyhow::Result<()> {
     let conn = g.connect("bench-due").await?;
     let topology = g.topology()?;
     let producer = Producer::new(&conn, topology.jobs_exchange()).await?;
-    let rss_before = rss_kib("VmRSS");
+    let rss_before = proc_status_kib("VmRSS");
     let t = Instant::now();
     let report = due::scan(&pool, Some(&producer), DueKind::Pagarme, a.scan_page).await?;
     let secs = t.elapsed().as_secs_f64();
@@ -134,7 +135,7 @@ pub async fn run(g: &Global, a: BenchDueArgs) -> anyhow::Result<()> {
     println!(
         "process RSS: {:.1} MiB before the scan, peak {:.1} MiB",
         rss_before as f64 / 1024.0,
-        rss_kib("VmHWM") as f64 / 1024.0
+        proc_status_kib("VmHWM") as f64 / 1024.0
     );
 
     let ch = conn.create_channel().await?;
@@ -149,15 +150,4 @@ pub async fn run(g: &Global, a: BenchDueArgs) -> anyhow::Result<()> {
     .execute(&admin)
     .await?;
     Ok(())
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
