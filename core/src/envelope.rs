@@ -138,8 +138,12 @@ pub fn set_int(headers: &mut FieldTable, key: &str, value: u64) {
     );
 }
 
-/// Removes a header; used to strip broker-owned headers before republishing.
+/// Removes a header; used to strip broker-owned headers before republishing. (lapin's
+/// `FieldTable` has no remove, so the table is rebuilt, only when the key is there.)
 pub fn remove(headers: &mut FieldTable, key: &str) {
+    if !headers.contains_key(key) {
+        return;
+    }
     let mut kept = FieldTable::default();
     for (k, v) in headers.inner() {
         if k.as_str() != key {
