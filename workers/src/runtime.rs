@@ -175,6 +175,12 @@ impl Worker {
         metrics::gauge!(names::BROKER_CONNECTED).set(0.0);
         match result {
             Ok(Some(open)) => {
+                // Channels first: dropping them after the connection closed makes lapin log
+                // a connection error on a clean stop.
+                for ch in &open.channels {
+                    let _ = ch.close(200, "worker shutting down".into()).await;
+                }
+                drop(open.consumers);
                 let _ = open.conn.close(200, "worker shutting down".into()).await;
                 Ok(())
             }
@@ -292,8 +298,8 @@ impl Worker {
         }
         Ok(Open {
             conn,
-            _channels: cancel.into_iter().map(|(ch, _)| ch).collect(),
-            _consumers: consumers,
+            channels: cancel.into_iter().map(|(ch, _)| ch).collect(),
+            consumers,
         })
     }
 }
@@ -301,8 +307,8 @@ impl Worker {
 /// A session stopped for shutdown: everything that must stay open while in-flight jobs ack.
 struct Open {
     conn: lapin::Connection,
-    _channels: Vec<Channel>,
-    _consumers: Vec<Consumer>,
+    channels: Vec<Channel>,
+    consumers: Vec<Consumer>,
 }
 
 async fn consume(
