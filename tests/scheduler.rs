@@ -85,28 +85,18 @@ async fn drain(env: &TestEnv, queue: &str) -> Vec<lapin::message::Delivery> {
 }
 
 fn scheduler(env: &TestEnv, extra: &[(&str, &str)]) -> Worker {
-    let port = free_port();
-    let log = std::env::temp_dir().join(format!("{}-scheduler-{port}.log", env.ns));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd = env.command(&[
-        "scheduler",
-        "--scan-interval",
-        "1s",
-        "--leader-retry",
-        "500ms",
-    ]);
-    cmd.env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
-        .env("WARREN_PAGARME_DRY_RUN", "false")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    Worker {
-        child: cmd.spawn().unwrap(),
-        port,
-        log,
-    }
+    let mut envs = vec![("WARREN_PAGARME_DRY_RUN", "false")];
+    envs.extend_from_slice(extra);
+    env.spawn(
+        &[
+            "scheduler",
+            "--scan-interval",
+            "1s",
+            "--leader-retry",
+            "500ms",
+        ],
+        &envs,
+    )
 }
 
 async fn leaders(replicas: &[Worker]) -> Vec<usize> {
@@ -250,7 +240,11 @@ async fn due_lists_with_reasons_and_rejects_bad_flags() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     assert!(
-        table.contains("pagarme                2 due   action: dry-run"),
+        table.contains("pagarme                0 due   action: dry-run"),
+        "{table}"
+    );
+    assert!(
+        table.contains("pagarme_dunning        2 due   action: dry-run"),
         "{table}"
     );
     assert!(
@@ -259,7 +253,7 @@ async fn due_lists_with_reasons_and_rejects_bad_flags() {
     );
     assert!(table.contains("appmax                 0 due"), "{table}");
     assert!(
-        table.contains(&prepaid[0].to_string()) && table.contains("(dunning)"),
+        table.contains(&prepaid[0].to_string()) && table.contains("(dunning retry due)"),
         "{table}"
     );
     assert!(
@@ -270,7 +264,7 @@ async fn due_lists_with_reasons_and_rejects_bad_flags() {
     let out = env.run(&[
         "due",
         "--provider",
-        "pagarme",
+        "pagarme_dunning",
         "--format",
         "json",
         "--pagarme-dry-run",
@@ -287,7 +281,7 @@ async fn due_lists_with_reasons_and_rejects_bad_flags() {
     let out = env.run(&["due", "--provider", "stripe"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("pagarme, pagarme_native, appmax"),
+        stderr(&out).contains("pagarme, pagarme_dunning, pagarme_native, appmax, appmax_dunning"),
         "{}",
         stderr(&out)
     );

@@ -6,8 +6,11 @@
 //! year is February 28. The time of day is kept. Clamping is not undone later (February 28
 //! plus one month is March 28), which is how most billing systems without a separate anchor
 //! day behave; the renewal key uses the exact period end, so the drift never double-charges.
+//!
+//! Also here: the renewal key of a period's charge attempt, and the dunning schedule that
+//! spaces the attempts after a decline.
 
-use chrono::{DateTime, Duration, Months, Utc};
+use chrono::{DateTime, Duration, Months, SecondsFormat, Utc};
 use std::fmt;
 use std::str::FromStr;
 
@@ -94,10 +97,82 @@ impl Interval {
     }
 }
 
+/// `renewal:{subscription_id}:{period_end RFC 3339}` for the first attempt at a period, with
+/// `:{attempt}` appended for dunning attempts 2, 3, …: the provider idempotency key / order
+/// code / reference of that charge, and (through [`crate::envelope::job_id_for_key`]) its
+/// job id. A provider charges a key at most once, so every attempt needs its own.
+pub fn renewal_key(subscription_id: uuid::Uuid, period_end: DateTime<Utc>, attempt: u16) -> String {
+    let end = period_end.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    if attempt <= 1 {
+        format!("renewal:{subscription_id}:{end}")
+    } else {
+        format!("renewal:{subscription_id}:{end}:{attempt}")
+    }
+}
+
+/// Default wait before each dunning attempt after a decline: 1, 3 and 5 days.
+pub const DEFAULT_DUNNING: [std::time::Duration; 3] = [
+    std::time::Duration::from_secs(86_400),
+    std::time::Duration::from_secs(3 * 86_400),
+    std::time::Duration::from_secs(5 * 86_400),
+];
+
+/// When a declined period is tried again: entry `i` is the wait after the `i + 1`-th
+/// declined attempt; after the last, the subscription becomes `UNPAID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DunningSchedule(pub Vec<std::time::Duration>);
+
+impl Default for DunningSchedule {
+    fn default() -> Self {
+        Self(DEFAULT_DUNNING.to_vec())
+    }
+}
+
+impl DunningSchedule {
+    /// The wait before the next attempt after `declined` attempts of a period were declined
+    /// (1 after the first decline); `None` when dunning is over.
+    pub fn after_decline(&self, declined: u16) -> Option<std::time::Duration> {
+        let i = usize::from(declined.max(1)) - 1;
+        self.0.get(i).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn renewal_keys_qualify_dunning_attempts() {
+        let sub = uuid::Uuid::parse_str("0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f").unwrap();
+        let end = at("2026-11-23T12:00:00Z");
+        assert_eq!(
+            renewal_key(sub, end, 1),
+            "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-11-23T12:00:00Z"
+        );
+        assert_eq!(
+            renewal_key(sub, end, 3),
+            "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-11-23T12:00:00Z:3"
+        );
+        assert_eq!(
+            renewal_key(sub, at("2026-12-23T12:00:00.5Z"), 1),
+            "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-12-23T12:00:00.500Z"
+        );
+    }
+
+    #[test]
+    fn dunning_schedule_ends_after_its_last_entry() {
+        let s = DunningSchedule::default();
+        assert_eq!(
+            s.after_decline(1),
+            Some(std::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            s.after_decline(3),
+            Some(std::time::Duration::from_secs(5 * 86_400))
+        );
+        assert_eq!(s.after_decline(4), None);
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

@@ -64,18 +64,67 @@ pub struct FileConfig {
     /// Rollout flags per billing provider (`pagarme`, `appmax`).
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub dunning: DunningConfig,
     /// `[[cron]]` schedules, kept as TOML here and parsed by the scheduler
     /// (`warren_scheduler::cron`), which owns their meaning.
     #[serde(default)]
     pub cron: Vec<toml::Value>,
 }
 
-/// One `[providers.NAME]` table; env vars (`WARREN_PAGARME_ENABLED`, …) take precedence.
+/// One `[providers.NAME]` table; env vars (`WARREN_PAGARME_ENABLED`,
+/// `WARREN_PAGARME_BASE_URL`, …) take precedence.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
+    /// Scheduler: scan this provider's subscriptions at all.
     pub enabled: Option<bool>,
+    /// Scheduler: count and log due renewals, publish nothing.
     pub dry_run: Option<bool>,
+    /// Worker: the provider API's base URL (e.g. `https://api.pagar.me`).
+    pub base_url: Option<String>,
+    /// Worker: Pagar.me's secret key (Appmax credentials are per merchant, in the database).
+    pub secret_key: Option<Secret>,
+    /// Worker: most provider requests per second per worker process.
+    pub rate_limit: Option<u32>,
+}
+
+/// The `[dunning]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DunningConfig {
+    /// Wait before each retry of a declined renewal ("1d", "3d", "5d" by default); after
+    /// the last retry is declined the subscription becomes UNPAID.
+    #[serde(default)]
+    pub schedule: Vec<String>,
+}
+
+/// A credential: `Debug` prints `Secret(***)`; read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself: for the request that needs it, never for a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// Billing providers the scheduler knows.
@@ -116,6 +165,7 @@ impl FileConfig {
             message: e.to_string(),
         })?;
         cfg.tiers()?;
+        cfg.dunning()?;
         if let Some(name) = cfg
             .providers
             .keys()
@@ -149,6 +199,29 @@ impl FileConfig {
             out.push(d);
         }
         Ok(out)
+    }
+}
+
+impl FileConfig {
+    /// The dunning schedule, parsed and checked.
+    pub fn dunning(&self) -> Result<crate::billing::DunningSchedule, ConfigError> {
+        if self.dunning.schedule.is_empty() {
+            return Ok(crate::billing::DunningSchedule::default());
+        }
+        let mut out = Vec::with_capacity(self.dunning.schedule.len());
+        for (i, t) in self.dunning.schedule.iter().enumerate() {
+            let d = humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
+                field: format!("dunning.schedule[{i}]"),
+                message: format!("{t:?} is not a duration like \"1d\" or \"12h\": {e}"),
+            })?;
+            out.push(d);
+        }
+        Ok(crate::billing::DunningSchedule(out))
+    }
+
+    /// The `[providers.NAME]` table, or an empty one.
+    pub fn provider(&self, name: &str) -> ProviderConfig {
+        self.providers.get(name).cloned().unwrap_or_default()
     }
 }
 
@@ -220,6 +293,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("retry.tiers[0]"));
+    }
+
+    #[test]
+    fn dunning_schedule_parses_and_names_bad_entries() {
+        let cfg: FileConfig = toml::from_str("[dunning]\nschedule=[\"2h\",\"1d\"]").unwrap();
+        assert_eq!(
+            cfg.dunning().unwrap().0,
+            vec![Duration::from_secs(7200), Duration::from_secs(86_400)]
+        );
+        let bad: FileConfig = toml::from_str("[dunning]\nschedule=[\"later\"]").unwrap();
+        let err = bad.dunning().unwrap_err().to_string();
+        assert!(err.contains("dunning.schedule[0]"), "{err}");
+        let secret: FileConfig =
+            toml::from_str("[providers.pagarme]\nsecret_key=\"sk_live\"").unwrap();
+        assert!(!format!("{secret:?}").contains("sk_live"));
     }
 
     #[test]

@@ -52,12 +52,24 @@ pub struct DemoFail {
 }
 
 /// Payload of `renewal.pagarme` and `renewal.appmax`: renew one subscription for the period
-/// that ended at `period_end` (the scheduler publishes it; handlers validate it).
+/// that ended at `period_end` (the scheduler publishes it; handlers validate it). `attempt`
+/// is the charge attempt of that period: 1 (the default, omitted on the wire) for the
+/// renewal, 2, 3, … for dunning attempts after declines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenewalPayload {
     pub subscription_id: uuid::Uuid,
     pub period_end: DateTime<Utc>,
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u16,
+}
+
+fn first_attempt() -> u16 {
+    1
+}
+
+fn is_first_attempt(a: &u16) -> bool {
+    *a == 1
 }
 
 #[cfg(test)]

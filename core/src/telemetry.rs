@@ -40,6 +40,14 @@ pub mod names {
     pub const CRON_RUNS: &str = "warren_cron_runs_total";
     /// gauge {schedule}: how late the last tick was published, seconds.
     pub const CRON_TICK_LAG: &str = "warren_cron_tick_lag_seconds";
+    /// counter {provider, operation = charge|lookup, outcome = paid|failed|pending|found|
+    /// not_found|retryable|permanent|unknown}: provider API calls.
+    pub const PROVIDER_REQUESTS: &str = "warren_provider_requests_total";
+    /// histogram {provider, operation}: provider API call wall time, seconds.
+    pub const PROVIDER_REQUEST_DURATION: &str = "warren_provider_request_duration_seconds";
+    /// counter {provider, outcome = paid|declined|unpaid|skipped|precondition_failed|
+    /// rejected|retry|unknown}: renewal handler outcomes.
+    pub const RENEWALS: &str = "warren_renewals_total";
 }
 
 /// Log output format.

@@ -31,6 +31,29 @@ pub struct WorkQueue {
     pub delivery_limit: u32,
 }
 
+impl WorkQueue {
+    /// Whether a job with routing key `task` lands in this queue (AMQP topic matching:
+    /// `*` is one word, `#` zero or more).
+    pub fn receives(&self, task: &str) -> bool {
+        let words: Vec<&str> = task.split('.').collect();
+        self.bindings.iter().any(|b| {
+            let pattern: Vec<&str> = b.split('.').collect();
+            topic_match(&pattern, &words)
+        })
+    }
+}
+
+fn topic_match(pattern: &[&str], words: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => words.is_empty(),
+        Some((&"#", rest)) => (0..=words.len()).any(|i| topic_match(rest, &words[i..])),
+        Some((p, rest)) => match words.split_first() {
+            Some((w, tail)) if *p == "*" || p == w => topic_match(rest, tail),
+            _ => false,
+        },
+    }
+}
+
 /// Work queues every deployment has.
 pub fn builtin_queues() -> Vec<WorkQueue> {
     [
@@ -444,6 +467,24 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queues_receive_by_topic_pattern() {
+        let q = |b: &[&str]| WorkQueue {
+            name: "q".into(),
+            bindings: b.iter().map(|s| s.to_string()).collect(),
+            delivery_limit: 1,
+        };
+        assert!(q(&["demo.#"]).receives("demo.noop"));
+        assert!(q(&["demo.#"]).receives("demo"));
+        assert!(q(&["renewal.pagarme"]).receives("renewal.pagarme"));
+        assert!(!q(&["renewal.pagarme"]).receives("renewal.appmax"));
+        assert!(q(&["renewal.*"]).receives("renewal.appmax"));
+        assert!(!q(&["renewal.*"]).receives("renewal.appmax.x"));
+        assert!(q(&["#"]).receives("anything.at.all"));
+        assert!(q(&["a.#.z"]).receives("a.b.c.z"));
+        assert!(!q(&["cron.#"]).receives("renewal.pagarme"));
+    }
 
     #[test]
     fn names_are_namespaced() {

@@ -1,12 +1,16 @@
-//! Due renewals: which subscriptions must be charged now, and enqueueing each period once.
+//! Due renewals: which subscriptions must be charged now, and enqueueing each charge
+//! attempt once.
 //!
 //! Each [`DueKind`] is a fixed SQL predicate matching one partial index of
-//! `customer_subscriptions` (migration `..._billing.sql`), read in keyset order
-//! `(current_period_end, id)` in pages, so the scan never holds the whole due set.
+//! `customer_subscriptions` (migrations `..._billing.sql`, `..._renewals.sql`), read in
+//! keyset order in pages, so the scan never holds the whole due set. Period kinds read
+//! `(current_period_end, id)` of ACTIVE/TRIALING subscriptions (attempt 1); dunning kinds read
+//! `(COALESCE(next_attempt_at, current_period_end), id)` of PAST_DUE ones (attempt
+//! `dunning_attempt + 1`; the handler sets both after a decline).
 //!
-//! **Once per period.** For every due page the leader, in one transaction: inserts an
-//! enqueue record per subscription and period (`renewal_enqueues`, primary key
-//! `(subscription_id, period_end)`, `ON CONFLICT DO NOTHING`), publishes a job for each row
+//! **Once per attempt.** For every due page the leader, in one transaction: inserts an
+//! enqueue record per subscription, period and attempt (`renewal_enqueues`, primary key
+//! `(subscription_id, period_end, attempt)`, `ON CONFLICT DO NOTHING`), publishes a job for each row
 //! it inserted, waits for every broker confirm, and only then commits. A crash or a failed
 //! publish rolls the records back, so the next scan publishes them again (a lost publish is
 //! retried); a committed record is never published again by the scanner, whatever the
@@ -14,7 +18,7 @@
 //! lost — republishes the same deterministic job id, which the worker's ledger and the
 //! handler's idempotency key make harmless.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -26,23 +30,35 @@ use warren_producer::{Producer, PublishError, PublishOptions};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DueKind {
-    /// Pagar.me prepaid: Warren charges the stored card.
+    /// Pagar.me prepaid: Warren charges the stored card when the period ends.
     Pagarme,
+    /// Pagar.me prepaid, PAST_DUE: the next dunning attempt of a declined period is due.
+    PagarmeDunning,
     /// Pagar.me native: Pagar.me bills itself; counted only (observe mode).
     PagarmeNative,
-    /// Appmax: Warren charges through the merchant's integration.
+    /// Appmax: Warren charges through the merchant's integration when the period ends.
     Appmax,
+    /// Appmax, PAST_DUE: the next dunning attempt of a declined period is due.
+    AppmaxDunning,
 }
 
 impl DueKind {
-    pub const ALL: [DueKind; 3] = [Self::Pagarme, Self::PagarmeNative, Self::Appmax];
+    pub const ALL: [DueKind; 5] = [
+        Self::Pagarme,
+        Self::PagarmeDunning,
+        Self::PagarmeNative,
+        Self::Appmax,
+        Self::AppmaxDunning,
+    ];
 
-    /// The `provider` label and CLI name.
+    /// The `kind` label and CLI name.
     pub fn label(self) -> &'static str {
         match self {
             Self::Pagarme => "pagarme",
+            Self::PagarmeDunning => "pagarme_dunning",
             Self::PagarmeNative => "pagarme_native",
             Self::Appmax => "appmax",
+            Self::AppmaxDunning => "appmax_dunning",
         }
     }
 
@@ -53,24 +69,38 @@ impl DueKind {
     /// The task its jobs go to; `None` for observe-only kinds.
     pub fn task(self) -> Option<&'static str> {
         match self {
-            Self::Pagarme => Some(warren_core::task::RENEWAL_PAGARME),
+            Self::Pagarme | Self::PagarmeDunning => Some(warren_core::task::RENEWAL_PAGARME),
             Self::PagarmeNative => None,
-            Self::Appmax => Some(warren_core::task::RENEWAL_APPMAX),
+            Self::Appmax | Self::AppmaxDunning => Some(warren_core::task::RENEWAL_APPMAX),
         }
     }
 
     /// The provider flags that govern it.
     pub fn provider(self) -> &'static str {
         match self {
-            Self::Pagarme | Self::PagarmeNative => "pagarme",
-            Self::Appmax => "appmax",
+            Self::Pagarme | Self::PagarmeDunning | Self::PagarmeNative => "pagarme",
+            Self::Appmax | Self::AppmaxDunning => "appmax",
         }
     }
 
     fn db_provider(self) -> &'static str {
-        match self {
-            Self::Pagarme | Self::PagarmeNative => "PAGARME",
-            Self::Appmax => "APPMAX",
+        match self.provider() {
+            "pagarme" => "PAGARME",
+            _ => "APPMAX",
+        }
+    }
+
+    /// Dunning kinds read `next_attempt_at`; the others `current_period_end`.
+    pub fn is_dunning(self) -> bool {
+        matches!(self, Self::PagarmeDunning | Self::AppmaxDunning)
+    }
+
+    /// The column that says when a subscription of this kind is due.
+    pub fn due_column(self) -> &'static str {
+        if self.is_dunning() {
+            "COALESCE(next_attempt_at, current_period_end)"
+        } else {
+            "current_period_end"
         }
     }
 
@@ -79,7 +109,11 @@ impl DueKind {
         match self {
             Self::Pagarme => {
                 "provider = 'PAGARME' AND is_native = false AND canceled_at IS NULL \
-                 AND status IN ('ACTIVE', 'PAST_DUE', 'TRIALING')"
+                 AND status IN ('ACTIVE', 'TRIALING')"
+            }
+            Self::PagarmeDunning => {
+                "provider = 'PAGARME' AND is_native = false AND canceled_at IS NULL \
+                 AND status = 'PAST_DUE'"
             }
             Self::PagarmeNative => {
                 "provider = 'PAGARME' AND is_native = true AND canceled_at IS NULL \
@@ -87,30 +121,47 @@ impl DueKind {
             }
             Self::Appmax => {
                 "provider = 'APPMAX' AND canceled_at IS NULL \
-                 AND status IN ('ACTIVE', 'PAST_DUE', 'TRIALING')"
+                 AND status IN ('ACTIVE', 'TRIALING')"
+            }
+            Self::AppmaxDunning => {
+                "provider = 'APPMAX' AND canceled_at IS NULL \
+                 AND status = 'PAST_DUE'"
             }
         }
     }
 
-    /// One page of due subscriptions after `after`, in keyset order.
+    /// One page of due subscriptions after `after`, in keyset order: rows of
+    /// `(id, period end, keyset time, attempt)`.
     pub fn page_sql(self) -> String {
+        let at = self.due_column();
+        let attempt = if self.is_dunning() {
+            "(dunning_attempt + 1)::smallint"
+        } else {
+            "1::smallint"
+        };
         format!(
-            "SELECT id, current_period_end FROM customer_subscriptions \
-             WHERE {} AND current_period_end <= $1 \
-               AND (current_period_end, id) > ($2, $3) \
-             ORDER BY current_period_end, id LIMIT $4",
+            "SELECT id, current_period_end, {at}, {attempt} FROM customer_subscriptions \
+             WHERE {} AND {at} <= $1 \
+               AND ({at}, id) > ($2, $3) \
+             ORDER BY {at}, id LIMIT $4",
             self.predicate()
         )
     }
 }
 
-/// `renewal:{subscription_id}:{period_end RFC 3339}`: the idempotency key of one period.
-pub fn renewal_key(subscription_id: Uuid, period_end: DateTime<Utc>) -> String {
-    format!(
-        "renewal:{subscription_id}:{}",
-        period_end.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-    )
+/// One due charge attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Due {
+    pub subscription_id: Uuid,
+    pub period_end: DateTime<Utc>,
+    /// Keyset position: the period end, or the dunning attempt's time.
+    pub at: DateTime<Utc>,
+    /// 1 for the period's renewal, 2, 3, … for dunning attempts.
+    pub attempt: i16,
 }
+
+/// The idempotency key of one attempt ([`warren_core::billing::renewal_key`]).
+pub use warren_core::billing::renewal_key;
 
 /// Per-provider rollout flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,24 +200,34 @@ pub fn scan_start() -> (DateTime<Utc>, Uuid) {
     (year_one, Uuid::nil())
 }
 
-/// A page of due subscriptions.
+/// A page of due charge attempts.
 pub async fn due_page(
     pool: &PgPool,
     kind: DueKind,
     now: DateTime<Utc>,
     after: (DateTime<Utc>, Uuid),
     limit: i64,
-) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
-    sqlx::query_as(&kind.page_sql())
+) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as::<_, (Uuid, DateTime<Utc>, DateTime<Utc>, i16)>(&kind.page_sql())
         .bind(now)
         .bind(after.0)
         .bind(after.1)
         .bind(limit)
         .fetch_all(pool)
         .await
+        .map(|rows| {
+            rows.into_iter()
+                .map(|(subscription_id, period_end, at, attempt)| Due {
+                    subscription_id,
+                    period_end,
+                    at,
+                    attempt,
+                })
+                .collect()
+        })
 }
 
-/// Scans one kind and, unless observe-only or dry run, enqueues every period not yet
+/// Scans one kind and, unless observe-only or dry run, enqueues every attempt not yet
 /// enqueued (see the module docs).
 pub async fn scan(
     pool: &PgPool,
@@ -180,7 +241,7 @@ pub async fn scan(
     loop {
         let page = due_page(pool, kind, now, after, page_size).await?;
         let Some(last) = page.last() else { break };
-        after = (last.1, last.0);
+        after = (last.at, last.subscription_id);
         report.due += page.len() as u64;
         if let (Some(task), Some(producer)) = (kind.task(), producer) {
             report.published += enqueue(pool, producer, kind, task, &page).await?;
@@ -197,38 +258,43 @@ async fn enqueue(
     producer: &Producer,
     kind: DueKind,
     task: &str,
-    page: &[(Uuid, DateTime<Utc>)],
+    page: &[Due],
 ) -> Result<u64, ScanError> {
     let keys: Vec<String> = page
         .iter()
-        .map(|(id, end)| renewal_key(*id, *end))
+        .map(|d| renewal_key(d.subscription_id, d.period_end, d.attempt.max(1) as u16))
         .collect();
-    let ids: Vec<Uuid> = page.iter().map(|p| p.0).collect();
-    let ends: Vec<DateTime<Utc>> = page.iter().map(|p| p.1).collect();
+    let ids: Vec<Uuid> = page.iter().map(|d| d.subscription_id).collect();
+    let ends: Vec<DateTime<Utc>> = page.iter().map(|d| d.period_end).collect();
+    let attempts: Vec<i16> = page.iter().map(|d| d.attempt).collect();
     let job_ids: Vec<Uuid> = keys.iter().map(|k| job_id_for_key(k)).collect();
     let mut tx = pool.begin().await?;
-    let fresh: Vec<(Uuid, DateTime<Utc>, Uuid, String)> = sqlx::query_as(
-        "INSERT INTO renewal_enqueues (subscription_id, period_end, provider, job_id, idempotency_key)
-         SELECT s, e, $3::billing_provider, j, k
-           FROM unnest($1::uuid[], $2::timestamptz[], $4::uuid[], $5::text[]) AS u(s, e, j, k)
+    let fresh: Vec<(Uuid, DateTime<Utc>, i16, Uuid, String)> = sqlx::query_as(
+        "INSERT INTO renewal_enqueues
+                (subscription_id, period_end, attempt, provider, job_id, idempotency_key)
+         SELECT s, e, a, $3::billing_provider, j, k
+           FROM unnest($1::uuid[], $2::timestamptz[], $4::uuid[], $5::text[], $6::smallint[])
+                AS u(s, e, j, k, a)
          ON CONFLICT DO NOTHING
-         RETURNING subscription_id, period_end, job_id, idempotency_key",
+         RETURNING subscription_id, period_end, attempt, job_id, idempotency_key",
     )
     .bind(&ids)
     .bind(&ends)
     .bind(kind.db_provider())
     .bind(&job_ids)
     .bind(&keys)
+    .bind(&attempts)
     .fetch_all(&mut *tx)
     .await?;
     if fresh.is_empty() {
         tx.rollback().await?;
         return Ok(0);
     }
-    let bodies = fresh.iter().map(|(sub, end, job, key)| {
+    let bodies = fresh.iter().map(|(sub, end, attempt, job, key)| {
         let body = serde_json::to_vec(&RenewalPayload {
             subscription_id: *sub,
             period_end: *end,
+            attempt: (*attempt).max(1) as u16,
         })
         .expect("a renewal payload serializes");
         let opts = PublishOptions {
@@ -252,18 +318,21 @@ mod tests {
     fn renewal_keys_and_ids_are_deterministic() {
         let sub = Uuid::parse_str("0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f").unwrap();
         let end: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
-        let key = renewal_key(sub, end);
+        let key = renewal_key(sub, end, 1);
         assert_eq!(
             key,
             "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-11-23T12:00:00Z"
         );
 
-        let other = renewal_key(sub, "2026-12-23T12:00:00.5Z".parse().unwrap());
+        let other = renewal_key(sub, "2026-12-23T12:00:00.5Z".parse().unwrap(), 1);
         assert_eq!(
             other,
             "renewal:0b9a4f7e-52a4-4a1f-9d55-8f6a0c1d2e3f:2026-12-23T12:00:00.500Z"
         );
         assert_ne!(job_id_for_key(&key), job_id_for_key(&other));
+        let dunning = renewal_key(sub, end, 2);
+        assert_eq!(dunning, format!("{key}:2"));
+        assert_ne!(job_id_for_key(&key), job_id_for_key(&dunning));
     }
 
     #[test]
@@ -273,5 +342,9 @@ mod tests {
         }
         assert_eq!(DueKind::parse("stripe"), None);
         assert_eq!(DueKind::PagarmeNative.task(), None);
+        assert_eq!(DueKind::AppmaxDunning.task(), DueKind::Appmax.task());
+        assert!(DueKind::PagarmeDunning
+            .page_sql()
+            .contains("COALESCE(next_attempt_at, current_period_end) <= $1"));
     }
 }

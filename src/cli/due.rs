@@ -85,8 +85,9 @@ pub async fn run(g: &Global, a: DueArgs) -> anyhow::Result<()> {
         };
         let act = action(kind, flags);
         let count: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM customer_subscriptions WHERE {} AND current_period_end <= $1",
-            kind.predicate()
+            "SELECT count(*) FROM customer_subscriptions WHERE {} AND {} <= $1",
+            kind.predicate(),
+            kind.due_column()
         ))
         .bind(now)
         .fetch_one(&pool)
@@ -98,13 +99,15 @@ pub async fn run(g: &Global, a: DueArgs) -> anyhow::Result<()> {
             action: act,
         });
         let page = due::due_page(&pool, kind, now, due::scan_start(), a.limit.into()).await?;
-        let ids: Vec<uuid::Uuid> = page.iter().map(|p| p.0).collect();
+        let ids: Vec<uuid::Uuid> = page.iter().map(|p| p.subscription_id).collect();
         let details: Vec<(uuid::Uuid, String, chrono::DateTime<chrono::Utc>, bool)> =
             sqlx::query_as(
                 "SELECT s.id, s.status::text, s.current_period_end, e.subscription_id IS NOT NULL
                FROM customer_subscriptions s
                LEFT JOIN renewal_enqueues e
                  ON e.subscription_id = s.id AND e.period_end = s.current_period_end
+                AND e.attempt = CASE WHEN s.status = 'PAST_DUE'
+                                     THEN s.dunning_attempt + 1 ELSE 1 END
               WHERE s.id = ANY($1)
               ORDER BY s.current_period_end, s.id",
             )
@@ -118,13 +121,13 @@ pub async fn run(g: &Global, a: DueArgs) -> anyhow::Result<()> {
             .to_string();
             let mut reason = format!("period ended {} ago, status {status}", overdue);
             if status == "PAST_DUE" {
-                reason.push_str(" (dunning)");
+                reason.push_str(" (dunning retry due)");
             }
             if kind == DueKind::PagarmeNative {
                 reason.push_str("; Pagar.me bills it (counted, never published)");
             }
             if enqueued {
-                reason.push_str("; already enqueued for this period");
+                reason.push_str("; already enqueued for this attempt");
             }
             rows.push(Row {
                 provider: kind.label(),

@@ -48,7 +48,7 @@ impl ProviderArgs {
     /// (pagarme, appmax) flags: flag or env var, else config file, else enabled + dry run.
     pub fn resolve(&self, file: &FileConfig) -> (ProviderFlags, ProviderFlags) {
         let pick = |name: &str, enabled: Option<bool>, dry_run: Option<bool>| {
-            let f = file.providers.get(name).cloned().unwrap_or_default();
+            let f = file.provider(name);
             ProviderFlags {
                 enabled: enabled.or(f.enabled).unwrap_or(true),
                 dry_run: dry_run.or(f.dry_run).unwrap_or(true),

@@ -1,9 +1,15 @@
 //! `warren worker`: consume queues until SIGTERM/SIGINT.
 
 use super::Global;
+use anyhow::bail;
 use clap::Args;
 use std::time::Duration;
+use warren_core::config::{FileConfig, Secret};
+use warren_core::task::{RENEWAL_APPMAX, RENEWAL_PAGARME};
+use warren_core::topology::Topology;
 use warren_core::{db, telemetry};
+use warren_workers::providers::{AppmaxClient, PagarmeClient};
+use warren_workers::renewals::{self, Appmax, Pagarme, Renewal};
 use warren_workers::{Registry, Worker, WorkerConfig};
 
 #[derive(Args, Debug, Clone)]
@@ -19,6 +25,109 @@ pub struct WorkerArgs {
     pub queues: Vec<String>,
     #[command(flatten)]
     pub tuning: Tuning,
+    #[command(flatten)]
+    pub providers: ProviderClientArgs,
+}
+
+/// Where the renewal handlers reach the payment providers. Needed only by a worker that
+/// consumes a queue receiving `renewal.pagarme` / `renewal.appmax`; each falls back to
+/// `[providers.NAME]` in the config file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProviderClientArgs {
+    /// Pagar.me API base URL, e.g. https://api.pagar.me (or the simulator's address).
+    #[arg(long, env = "WARREN_PAGARME_BASE_URL")]
+    pub pagarme_base_url: Option<String>,
+    /// Pagar.me secret key (HTTP Basic user). Prefer the env var; never printed.
+    #[arg(long, env = "WARREN_PAGARME_SECRET_KEY", hide_env_values = true)]
+    pub pagarme_secret_key: Option<String>,
+    /// Appmax API base URL (credentials are per merchant, in merchant_integrations).
+    #[arg(long, env = "WARREN_APPMAX_BASE_URL")]
+    pub appmax_base_url: Option<String>,
+    /// Timeout of one provider request. Past it the outcome is unknown: the handler
+    /// reconciles by order code/reference before it would charge again.
+    #[arg(long, env = "WARREN_PROVIDER_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub provider_timeout: Duration,
+    /// Most Pagar.me requests per second from this process [default: 50; 0 = unlimited]
+    #[arg(long, env = "WARREN_PAGARME_RATE_LIMIT")]
+    pub pagarme_rate_limit: Option<u32>,
+    /// Most Appmax requests per second from this process [default: 50; 0 = unlimited]
+    #[arg(long, env = "WARREN_APPMAX_RATE_LIMIT")]
+    pub appmax_rate_limit: Option<u32>,
+}
+
+/// Requests per second per process when neither flag nor config file says.
+const DEFAULT_RATE_LIMIT: u32 = 50;
+
+impl ProviderClientArgs {
+    /// Adds the renewal handlers the consumed queues need, or says what is missing.
+    pub fn register(
+        &self,
+        registry: &mut Registry,
+        topology: &Topology,
+        queues: &[String],
+        file: &FileConfig,
+    ) -> anyhow::Result<()> {
+        let needs = |task: &str| -> anyhow::Result<Option<String>> {
+            for q in queues {
+                if topology.queue(q)?.receives(task) {
+                    return Ok(Some(q.clone()));
+                }
+            }
+            Ok(None)
+        };
+        let dunning = file.dunning()?;
+        let timeout = self.provider_timeout;
+        let mut pagarme = None;
+        if let Some(queue) = needs(RENEWAL_PAGARME)? {
+            let cfg = file.provider("pagarme");
+            let base_url = self.pagarme_base_url.clone().or(cfg.base_url);
+            let secret = self
+                .pagarme_secret_key
+                .clone()
+                .map(Secret::new)
+                .or(cfg.secret_key);
+            let (Some(base_url), Some(secret)) = (base_url, secret) else {
+                bail!(
+                    "queue {queue} runs {RENEWAL_PAGARME}, which needs WARREN_PAGARME_BASE_URL \
+                     and WARREN_PAGARME_SECRET_KEY (or base_url and secret_key under \
+                     [providers.pagarme] in the config file)"
+                );
+            };
+            let rate = self
+                .pagarme_rate_limit
+                .or(cfg.rate_limit)
+                .unwrap_or(DEFAULT_RATE_LIMIT);
+            let client = PagarmeClient::new(base_url, secret, timeout)?;
+            pagarme = Some(Renewal::new(
+                Pagarme::new(client, Some(rate)),
+                dunning.clone(),
+                timeout,
+            ));
+        }
+        let mut appmax = None;
+        if let Some(queue) = needs(RENEWAL_APPMAX)? {
+            let cfg = file.provider("appmax");
+            let Some(base_url) = self.appmax_base_url.clone().or(cfg.base_url) else {
+                bail!(
+                    "queue {queue} runs {RENEWAL_APPMAX}, which needs WARREN_APPMAX_BASE_URL \
+                     (or base_url under [providers.appmax] in the config file)"
+                );
+            };
+            let rate = self
+                .appmax_rate_limit
+                .or(cfg.rate_limit)
+                .unwrap_or(DEFAULT_RATE_LIMIT);
+            let client = AppmaxClient::new(base_url, timeout)?;
+            appmax = Some(Renewal::new(
+                Appmax::new(client, Some(rate)),
+                dunning,
+                timeout,
+            ));
+        }
+        renewals::register(registry, pagarme, appmax)?;
+        Ok(())
+    }
 }
 
 /// How a worker runs; shared by `worker`, `dev` and `bench`.
@@ -75,12 +184,16 @@ pub async fn start(
     health: telemetry::Health,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    let file = FileConfig::load(g.config.as_deref())?;
     let topology = g.topology()?;
+    let mut registry = Registry::with_builtin();
+    a.providers
+        .register(&mut registry, &topology, &a.queues, &file)?;
     let pool = db::lazy_pool(&g.database_url, a.tuning.pool_size())?;
     let worker = Worker::new(
         a.tuning.config(&g.amqp_url, a.queues, g.max_body),
         topology,
-        Registry::with_builtin(),
+        registry,
         pool,
         health,
     )?;

@@ -110,16 +110,24 @@ impl TestEnv {
 
     /// Starts `warren worker ARGS` with its telemetry on a free port.
     pub fn worker(&self, args: &[&str]) -> Worker {
+        self.spawn(&[&["worker"], args].concat(), &[])
+    }
+
+    /// Starts any long-running `warren` role with extra env vars, its telemetry on a free
+    /// port and its output in a log file.
+    pub fn spawn(&self, args: &[&str], envs: &[(&str, &str)]) -> Worker {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("{}-worker-{port}.log", self.ns));
+        let role = args.first().copied().unwrap_or("warren");
+        let log = std::env::temp_dir().join(format!("{}-{role}-{port}.log", self.ns));
         let file = std::fs::File::create(&log).unwrap();
-        let child = self
-            .command(&[&["worker"], args].concat())
-            .env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        let mut cmd = self.command(args);
+        cmd.env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("worker starts");
+            .stderr(file);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("warren starts");
         Worker { child, port, log }
     }
 

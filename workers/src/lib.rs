@@ -38,6 +38,7 @@ mod execute;
 pub mod ledger;
 pub mod maintenance;
 pub mod providers;
+pub mod renewals;
 pub mod registry;
 pub mod retry;
 pub mod runtime;

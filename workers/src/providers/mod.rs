@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 pub use appmax::{AppmaxClient, AppmaxOrder, AppmaxRenewal};
 pub use pagarme::{PagarmeClient, RenewalCharge};
+pub use warren_core::config::Secret;
 
 /// A provider call that did not produce a decision, classified where it failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,34 +121,6 @@ impl Charge {
                 message: format!("order {order_id} is still pending"),
             }),
         }
-    }
-}
-
-/// A credential: `Debug` prints `Secret(***)`; read it with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself: for the request that needs it, never for a log.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
     }
 }
 

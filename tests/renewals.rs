@@ -1,0 +1,587 @@
+//! Whole-system tests of the renewal handlers (issue #4): the real scheduler, workers and
+//! provider simulator against the real RabbitMQ and PostgreSQL. After every run the
+//! simulator's charge ledger must equal `payment_transactions`: no charge without a row, no
+//! `paid` row without a charge, no key charged twice.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Short retry tiers; dunning after 3 s then over.
+const CONFIG: &str = r#"
+[retry]
+tiers = ["200ms", "500ms", "1s"]
+
+[dunning]
+schedule = ["3s"]
+"#;
+
+const T: Duration = Duration::from_secs(90);
+
+/// The simulator as a process.
+struct Sim {
+    _proc: Worker,
+    url: String,
+}
+
+async fn simulator(env: &TestEnv, latency_ms: u64) -> Sim {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let latency = latency_ms.to_string();
+    let proc = env.spawn(
+        &["provider-sim", "--listen", &listen, "--latency", &latency],
+        &[],
+    );
+    let url = format!("http://{listen}");
+    eventually(Duration::from_secs(20), "simulator up", || async {
+        reqwest::get(format!("{url}/healthz")).await.is_ok()
+    })
+    .await;
+    Sim { _proc: proc, url }
+}
+
+impl Sim {
+    /// `key → (status, times charged)` from `GET /__sim/charges`.
+    async fn charges(&self) -> HashMap<String, (String, usize)> {
+        let list: Vec<Value> = reqwest::get(format!("{}/__sim/charges", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut out: HashMap<String, (String, usize)> = HashMap::new();
+        for c in list {
+            let key = c["key"].as_str().unwrap().to_owned();
+            let status = c["status"].as_str().unwrap().to_owned();
+            let e = out.entry(key).or_insert((status.clone(), 0));
+            e.0 = status;
+            e.1 += 1;
+        }
+        out
+    }
+}
+
+/// A worker on both renewal queues, pointed at the simulator.
+fn renewal_worker(env: &TestEnv, sim: &Sim, rate: &str) -> Worker {
+    env.spawn(
+        &[
+            "worker",
+            "--queue",
+            "renewals.pagarme,renewals.appmax",
+            "--prefetch",
+            "32",
+        ],
+        &[
+            ("WARREN_PAGARME_BASE_URL", &sim.url),
+            ("WARREN_PAGARME_SECRET_KEY", "sk_test_warren"),
+            ("WARREN_APPMAX_BASE_URL", &sim.url),
+            ("WARREN_PROVIDER_TIMEOUT", "1s"),
+            ("WARREN_PAGARME_RATE_LIMIT", rate),
+            ("WARREN_APPMAX_RATE_LIMIT", rate),
+        ],
+    )
+}
+
+fn scheduler(env: &TestEnv) -> Worker {
+    env.spawn(
+        &[
+            "scheduler",
+            "--scan-interval",
+            "1s",
+            "--leader-retry",
+            "500ms",
+        ],
+        &[
+            ("WARREN_PAGARME_DRY_RUN", "false"),
+            ("WARREN_APPMAX_DRY_RUN", "false"),
+        ],
+    )
+}
+
+/// One row per subscription: its card suffix and where it ended up.
+#[derive(Debug, sqlx::FromRow)]
+#[allow(dead_code)] // `id` is for the assertion messages (Debug)
+struct Outcome {
+    id: Uuid,
+    provider: String,
+    card: String,
+    status: String,
+    advanced: bool,
+    dunning_attempt: i16,
+    paid: i64,
+    failed: i64,
+    rows: i64,
+}
+
+async fn outcomes(env: &TestEnv) -> Vec<Outcome> {
+    sqlx::query_as(
+        "SELECT s.id, s.provider::text AS provider, pm.provider_payment_method_id AS card,
+                s.status::text AS status,
+                s.current_period_end > now() AS advanced, s.dunning_attempt,
+                count(t.*) FILTER (WHERE t.status = 'paid') AS paid,
+                count(t.*) FILTER (WHERE t.status = 'failed') AS failed,
+                count(t.*) AS rows
+           FROM customer_subscriptions s
+           JOIN customer_payment_methods pm ON pm.id = s.vault_payment_method_id
+           LEFT JOIN payment_transactions t ON t.subscription_id = s.id
+          GROUP BY s.id, pm.provider_payment_method_id
+          ORDER BY s.id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
+fn suffix(card: &str) -> &str {
+    card.rsplit('_').next().unwrap()
+}
+
+/// Every subscription decided: renewed, declined, or (`_500`) dead-lettered.
+async fn settled(env: &TestEnv) -> bool {
+    let undecided: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customer_subscriptions s
+           JOIN customer_payment_methods pm ON pm.id = s.vault_payment_method_id
+          WHERE s.status = 'ACTIVE' AND s.current_period_end <= now()
+            AND pm.provider_payment_method_id NOT LIKE '%\\_500'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let failing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customer_payment_methods
+          WHERE provider_payment_method_id LIKE '%\\_500'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let dead = env
+        .ready(&format!("{}.dlq", env.queue("renewals.pagarme")))
+        .await
+        + env
+            .ready(&format!("{}.dlq", env.queue("renewals.appmax")))
+            .await;
+    undecided == 0 && i64::from(dead) == failing
+}
+
+/// The states each card suffix implies, and the ledger equality.
+async fn assert_states_and_ledger(env: &TestEnv, sim: &Sim) {
+    let all = outcomes(env).await;
+    let mut per: HashMap<(String, String), usize> = HashMap::new();
+    for o in &all {
+        *per.entry((o.provider.clone(), suffix(&o.card).to_owned()))
+            .or_default() += 1;
+        match suffix(&o.card) {
+            "ok" | "500once" | "429" | "timeout" | "slow" => {
+                assert!(
+                    o.status == "ACTIVE" && o.advanced && o.paid == 1 && o.rows == 1,
+                    "{o:?}"
+                )
+            }
+            "decline" => assert!(
+                o.status == "PAST_DUE"
+                    && !o.advanced
+                    && o.dunning_attempt == 1
+                    && o.failed == 1
+                    && o.rows == 1,
+                "{o:?}"
+            ),
+            "500" => assert!(
+                o.status == "ACTIVE" && !o.advanced && o.paid == 0 && o.rows == 1,
+                "{o:?}"
+            ),
+            other => panic!("unexpected card suffix {other}"),
+        }
+    }
+    // Every provider × outcome pair was exercised.
+    for provider in ["PAGARME", "APPMAX"] {
+        for s in ["ok", "decline", "500", "500once", "429", "timeout", "slow"] {
+            assert!(
+                per.contains_key(&(provider.to_owned(), s.to_owned())),
+                "no {provider} subscription with a _{s} card: {per:?}"
+            );
+        }
+    }
+
+    let charges = sim.charges().await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT idempotency_key, status FROM payment_transactions")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let rows: HashMap<String, String> = rows.into_iter().collect();
+    for (key, (status, times)) in &charges {
+        assert_eq!(*times, 1, "{key} charged {times} times");
+        assert_eq!(
+            rows.get(key),
+            Some(status),
+            "simulator charged {key} ({status}) but payment_transactions says {:?}",
+            rows.get(key)
+        );
+    }
+    for (key, status) in &rows {
+        if status == "paid" {
+            let charged = charges.get(key).map(|c| c.0.as_str());
+            assert_eq!(charged, Some("paid"), "row {key} is paid without a charge");
+        }
+    }
+    let paid_rows = rows.values().filter(|s| *s == "paid").count();
+    let paid_charges = charges.values().filter(|c| c.0 == "paid").count();
+    assert_eq!(paid_rows, paid_charges);
+}
+
+async fn seed(env: &TestEnv, n: &str) {
+    let out = env.run(&[
+        "demo",
+        "seed",
+        "--subscriptions",
+        n,
+        "--mix",
+        "ok,decline,500,500once,429,timeout,slow",
+        "--due-fraction",
+        "1",
+    ]);
+    assert!(out.status.success(), "seed: {}", stderr(&out));
+}
+
+/// Acceptance: 500 due subscriptions across both providers and every simulator outcome,
+/// one scheduler and two workers: each ends in the state its card implies and the
+/// simulator's ledger equals `payment_transactions`; `_timeout` cards are charged once.
+#[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
+    let env = TestEnv::new(CONFIG).await;
+    seed(&env, "500").await;
+    let sim = simulator(&env, 0).await;
+    let _workers = [
+        renewal_worker(&env, &sim, "100"),
+        renewal_worker(&env, &sim, "100"),
+    ];
+    let _scheduler = scheduler(&env);
+    eventually(T, "every renewal decided", || settled(&env)).await;
+    assert_states_and_ledger(&env, &sim).await;
+
+    // The dead letters of `_500` cards say why.
+    let dlq = format!("{}.dlq", env.queue("renewals.pagarme"));
+    let d = env.take(&dlq, Duration::from_secs(5)).await;
+    assert_eq!(header(&d, "x-error-kind").as_deref(), Some("exhausted"));
+    assert!(
+        header(&d, "x-error").unwrap().contains("500"),
+        "{:?}",
+        header(&d, "x-error")
+    );
+    env.cleanup().await;
+}
+
+/// Acceptance: the same run with a worker `kill -9`'d twice mid-way ends in the same states
+/// and ledger.
+#[tokio::test(flavor = "multi_thread")]
+async fn renewals_survive_two_worker_kills() {
+    let env = TestEnv::new(CONFIG).await;
+    seed(&env, "500").await;
+    // Slower provider and a rate limit, so the kills land mid-run.
+    let sim = simulator(&env, 20).await;
+    let mut victim = renewal_worker(&env, &sim, "30");
+    let _steady = renewal_worker(&env, &sim, "30");
+    let _scheduler = scheduler(&env);
+    for target in [100i64, 250] {
+        eventually(T, "renewals progressing", || async {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM payment_transactions WHERE status IN ('paid', 'failed')",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            done >= target
+        })
+        .await;
+        victim.kill9();
+        victim = renewal_worker(&env, &sim, "30");
+    }
+    eventually(T, "every renewal decided", || settled(&env)).await;
+    assert_states_and_ledger(&env, &sim).await;
+    drop(victim);
+    env.cleanup().await;
+}
+
+/// A due subscription written straight into the billing tables.
+async fn subscription(
+    env: &TestEnv,
+    provider: &str,
+    card: Option<&str>,
+    metadata: Value,
+    merchant: Option<Uuid>,
+    provider_sub: Option<&str>,
+) -> Uuid {
+    let customer = Uuid::new_v4();
+    sqlx::query("INSERT INTO customers (id, email) VALUES ($1, 'c@example.com')")
+        .bind(customer)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let pm = match card {
+        Some(card) => {
+            let id = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO customer_payment_methods
+                   (id, customer_id, provider, provider_payment_method_id)
+                 VALUES ($1, $2, $3::billing_provider, $4)",
+            )
+            .bind(id)
+            .bind(customer)
+            .bind(provider)
+            .bind(card)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+            Some(id)
+        }
+        None => None,
+    };
+    let sub = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO customer_subscriptions
+           (id, customer_id, provider, status, current_period_start, current_period_end,
+            vault_payment_method_id, metadata, amount_cents, merchant_id,
+            provider_subscription_id)
+         VALUES ($1, $2, $3::billing_provider, 'ACTIVE', now() - interval '31 days',
+                 date_trunc('second', now() - interval '1 hour'), $4, $5, 4990, $6, $7)",
+    )
+    .bind(sub)
+    .bind(customer)
+    .bind(provider)
+    .bind(pm)
+    .bind(metadata)
+    .bind(merchant)
+    .bind(provider_sub)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sub
+}
+
+async fn merchant(env: &TestEnv, credentials: Value) -> Uuid {
+    let merchant = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO merchant_integrations (id, merchant_id, provider, credentials)
+         VALUES ($1, $2, 'APPMAX', $3)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(merchant)
+    .bind(credentials)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    merchant
+}
+
+fn pagarme_meta() -> Value {
+    json!({ "intervalUnit": "MONTH", "intervalCount": 1, "pagarmeCustomerId": "cus_1" })
+}
+
+/// Acceptance: a missing card, metadata field, provider subscription id or merchant
+/// integration dead-letters the job as `permanent` naming the field, flags the
+/// subscription, and calls no provider.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_preconditions_dead_letter_naming_the_field_without_a_provider_call() {
+    let env = TestEnv::new(CONFIG).await;
+    let good = merchant(&env, json!({ "access_token": "tok" })).await;
+    let tokenless = merchant(&env, json!({})).await;
+    let mut meta_no_customer = pagarme_meta();
+    meta_no_customer
+        .as_object_mut()
+        .unwrap()
+        .remove("pagarmeCustomerId");
+    let mut meta_no_unit = pagarme_meta();
+    meta_no_unit.as_object_mut().unwrap().remove("intervalUnit");
+    let cases: Vec<(Uuid, &str)> = vec![
+        (
+            subscription(&env, "PAGARME", None, pagarme_meta(), None, None).await,
+            "metadata.pagarmeCardId",
+        ),
+        (
+            subscription(
+                &env,
+                "PAGARME",
+                Some("card_a_ok"),
+                meta_no_customer,
+                None,
+                None,
+            )
+            .await,
+            "metadata.pagarmeCustomerId",
+        ),
+        (
+            subscription(&env, "PAGARME", Some("card_b_ok"), meta_no_unit, None, None).await,
+            "metadata.intervalUnit",
+        ),
+        (
+            subscription(
+                &env,
+                "APPMAX",
+                Some("tok_c_ok"),
+                json!({}),
+                Some(good),
+                None,
+            )
+            .await,
+            "provider_subscription_id",
+        ),
+        (
+            subscription(
+                &env,
+                "APPMAX",
+                Some("tok_d_ok"),
+                json!({}),
+                Some(Uuid::new_v4()),
+                Some("sub_1"),
+            )
+            .await,
+            "merchant_integrations",
+        ),
+        (
+            subscription(
+                &env,
+                "APPMAX",
+                Some("tok_e_ok"),
+                json!({}),
+                Some(tokenless),
+                Some("sub_2"),
+            )
+            .await,
+            "credentials.access_token",
+        ),
+    ];
+    let sim = simulator(&env, 0).await;
+    let _worker = renewal_worker(&env, &sim, "100");
+    let _scheduler = scheduler(&env);
+    let dlq = |q: &str| format!("{}.dlq", env.queue(q));
+    eventually(T, "six dead letters", || async {
+        env.ready(&dlq("renewals.pagarme")).await + env.ready(&dlq("renewals.appmax")).await == 6
+    })
+    .await;
+    let mut errors = Vec::new();
+    for q in ["renewals.pagarme", "renewals.appmax"] {
+        while env.ready(&dlq(q)).await > 0 {
+            let d = env.take(&dlq(q), Duration::from_secs(5)).await;
+            assert_eq!(header(&d, "x-error-kind").as_deref(), Some("permanent"));
+            errors.push(header(&d, "x-error").unwrap());
+        }
+    }
+    for (sub, field) in &cases {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(&sub.to_string()) && e.contains(field)),
+            "no dead letter for {sub} naming {field}: {errors:#?}"
+        );
+        let (flag, events): (Option<String>, i64) = sqlx::query_as(
+            "SELECT s.metadata->>'renewalError',
+                    (SELECT count(*) FROM subscription_events e
+                      WHERE e.subscription_id = s.id AND e.kind = 'renewal.precondition_failed')
+               FROM customer_subscriptions s WHERE s.id = $1",
+        )
+        .bind(sub)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert!(
+            flag.unwrap_or_default().contains(field),
+            "{sub} not flagged"
+        );
+        assert_eq!(events, 1, "{sub}: event rows");
+    }
+    assert!(sim.charges().await.is_empty(), "a provider was called");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_transactions")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    env.cleanup().await;
+}
+
+/// A declined period is retried with its own key after the dunning delay: a fixed card
+/// renews, a card declined again ends UNPAID; each key charged once.
+#[tokio::test(flavor = "multi_thread")]
+async fn dunning_retries_declined_periods_with_their_own_keys() {
+    let env = TestEnv::new(CONFIG).await;
+    let m = merchant(&env, json!({ "access_token": "tok" })).await;
+    let fixed = subscription(
+        &env,
+        "PAGARME",
+        Some("card_f_decline"),
+        pagarme_meta(),
+        None,
+        None,
+    )
+    .await;
+    let hopeless = subscription(
+        &env,
+        "APPMAX",
+        Some("tok_h_decline"),
+        json!({}),
+        Some(m),
+        Some("sub_h"),
+    )
+    .await;
+    let sim = simulator(&env, 0).await;
+    let _worker = renewal_worker(&env, &sim, "100");
+    let _scheduler = scheduler(&env);
+    let status = |id: Uuid| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i16, bool)>(
+                "SELECT status::text, dunning_attempt, current_period_end > now()
+                   FROM customer_subscriptions WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    eventually(T, "first attempt declined", || async {
+        status(fixed).await.0 == "PAST_DUE"
+    })
+    .await;
+    // The customer updates the card before the retry.
+    sqlx::query(
+        "UPDATE customer_payment_methods SET provider_payment_method_id = 'card_f_ok'
+          WHERE provider_payment_method_id = 'card_f_decline'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    eventually(T, "fixed card renewed", || async {
+        status(fixed).await == ("ACTIVE".into(), 0, true)
+    })
+    .await;
+    eventually(T, "hopeless card unpaid", || async {
+        status(hopeless).await == ("UNPAID".into(), 2, false)
+    })
+    .await;
+
+    let charges = sim.charges().await;
+    let key_of = |sub: Uuid, suffix: &str| {
+        charges
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("renewal:{sub}:")) && k.ends_with(suffix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(charges.len(), 4, "{charges:?}");
+    assert_eq!(key_of(fixed, ":2")[0].1, ("paid".to_owned(), 1));
+    assert_eq!(key_of(hopeless, ":2")[0].1, ("failed".to_owned(), 1));
+    assert!(charges.values().all(|c| c.1 == 1));
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM subscription_events WHERE subscription_id = $1 ORDER BY id",
+    )
+    .bind(hopeless)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(kinds, ["renewal.declined", "renewal.unpaid"]);
+    env.cleanup().await;
+}
