@@ -52,7 +52,10 @@ fn age(field: &str, value: &str) -> Result<Duration, TaskError> {
 }
 
 /// `cron.fail-stale-payments`: marks `pending` payment transactions older than `max_age`
-/// as `failed`, with the reason, so they stop blocking a subscription's next attempt.
+/// (and not being charged right now: no live lease) as `failed`, with the reason, so
+/// reports stop counting them as in flight. It never decides money: a renewal handler that
+/// meets any row but `paid` asks the provider what happened to the key before it charges or
+/// records an outcome, so a replayed job corrects a row this task failed.
 pub struct FailStalePayments;
 
 impl Task for FailStalePayments {
@@ -64,7 +67,8 @@ impl Task for FailStalePayments {
             "UPDATE payment_transactions
                 SET status = 'failed', updated_at = now(),
                     failure_reason = 'stale: pending longer than ' || $1
-              WHERE status = 'pending' AND created_at < now() - make_interval(secs => $2)",
+              WHERE status = 'pending' AND created_at < now() - make_interval(secs => $2)
+                AND (charging_until IS NULL OR charging_until < now())",
         )
         .bind(&p.max_age)
         .bind(max_age.as_secs_f64())
