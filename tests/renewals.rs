@@ -20,6 +20,12 @@ tiers = ["200ms", "500ms", "1s"]
 schedule = ["3s"]
 "#;
 
+/// Short retry tiers; the default dunning schedule (the next attempt a day later).
+const FLEET_CONFIG: &str = r#"
+[retry]
+tiers = ["200ms", "500ms", "1s"]
+"#;
+
 const T: Duration = Duration::from_secs(90);
 
 /// The simulator as a process.
@@ -252,16 +258,44 @@ async fn seed(env: &TestEnv, n: &str) {
 /// simulator's ledger equals `payment_transactions`; `_timeout` cards are charged once.
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
-    let env = TestEnv::new(CONFIG).await;
+    let env = TestEnv::new(FLEET_CONFIG).await;
     seed(&env, "500").await;
     let sim = simulator(&env, 0).await;
-    let _workers = [
+    let workers = [
         renewal_worker(&env, &sim, "100"),
         renewal_worker(&env, &sim, "100"),
     ];
     let _scheduler = scheduler(&env);
     eventually(T, "every renewal decided", || settled(&env)).await;
     assert_states_and_ledger(&env, &sim).await;
+
+    // `_timeout` charges really timed out (unknown) and were reconciled by lookup, once each.
+    let timeouts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customer_payment_methods
+          WHERE provider_payment_method_id LIKE '%\\_timeout'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let (mut unknown, mut found_paid) = (0.0, 0.0);
+    for w in &workers {
+        let m = w.metrics().await;
+        unknown += metric(
+            &m,
+            "warren_provider_requests_total",
+            &["operation=\"charge\"", "outcome=\"unknown\""],
+        );
+        found_paid += metric(
+            &m,
+            "warren_provider_requests_total",
+            &["operation=\"lookup\"", "outcome=\"paid\""],
+        );
+    }
+    assert_eq!(unknown, timeouts as f64, "charges that timed out");
+    assert!(
+        found_paid >= timeouts as f64,
+        "reconciled lookups: {found_paid}"
+    );
 
     // The dead letters of `_500` cards say why.
     let dlq = format!("{}.dlq", env.queue("renewals.pagarme"));
@@ -279,25 +313,32 @@ async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
 /// and ledger.
 #[tokio::test(flavor = "multi_thread")]
 async fn renewals_survive_two_worker_kills() {
-    let env = TestEnv::new(CONFIG).await;
+    let env = TestEnv::new(FLEET_CONFIG).await;
     seed(&env, "500").await;
     // Slower provider and a rate limit, so the kills land mid-run.
     let sim = simulator(&env, 20).await;
     let mut victim = renewal_worker(&env, &sim, "30");
     let _steady = renewal_worker(&env, &sim, "30");
     let _scheduler = scheduler(&env);
+    let decided = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM payment_transactions WHERE status IN ('paid', 'failed')",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
     for target in [100i64, 250] {
         eventually(T, "renewals progressing", || async {
-            let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM payment_transactions WHERE status IN ('paid', 'failed')",
-            )
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-            done >= target
+            decided().await >= target
         })
         .await;
         victim.kill9();
+        let at_kill = decided().await;
+        assert!(
+            at_kill < 400,
+            "the kill came too late to matter: {at_kill} decided"
+        );
         victim = renewal_worker(&env, &sim, "30");
     }
     eventually(T, "every renewal decided", || settled(&env)).await;

@@ -210,8 +210,15 @@ impl<P: Provider> Renewal<P> {
         Self {
             provider,
             dunning,
-            lease: request_timeout * 3 + MAX_INLINE_RETRY_AFTER + Duration::from_secs(10),
+            lease: request_timeout * 3 + MAX_INLINE_RETRY_AFTER + Duration::from_secs(2),
         }
+    }
+}
+
+impl<P> Renewal<P> {
+    /// An attempt may wait out a dead worker's lease, then hold its own.
+    fn attempt_timeout(&self) -> Duration {
+        self.lease * 2 + Duration::from_secs(5)
     }
 }
 
@@ -222,7 +229,7 @@ impl Task for Renewal<Pagarme> {
         renew(self, p, ctx).await
     }
     fn timeout(&self) -> Duration {
-        self.lease
+        self.attempt_timeout()
     }
 }
 
@@ -233,7 +240,7 @@ impl Task for Renewal<Appmax> {
         renew(self, p, ctx).await
     }
     fn timeout(&self) -> Duration {
-        self.lease
+        self.attempt_timeout()
     }
 }
 
@@ -306,9 +313,18 @@ async fn renew<P: Provider>(
     };
 
     let lease = h.lease;
-    let decided = match claim(db, &sub, &p, &key, lease).await.map_err(db_err)? {
+    let mut claimed = claim(db, &sub, &p, &key, lease).await.map_err(db_err)?;
+    if let Claim::Busy { remaining } = claimed {
+        // Another worker holds the key: it is charging, or it died (kill -9) and its
+        // lease runs out. Wait that out once rather than burn attempts.
+        if remaining <= lease {
+            tokio::time::sleep(remaining + Duration::from_millis(100)).await;
+            claimed = claim(db, &sub, &p, &key, lease).await.map_err(db_err)?;
+        }
+    }
+    let decided = match claimed {
         Claim::Fresh => None,
-        Claim::Busy => {
+        Claim::Busy { .. } => {
             return Err(TaskError::Retryable(format!(
                 "another worker is charging {key}; retrying later"
             )))
@@ -320,13 +336,21 @@ async fn renew<P: Provider>(
             order_id: order_id.unwrap_or_default(),
             charge_id,
         }),
-        Claim::Undecided => {
+        Claim::Undecided { status } => {
             // An earlier try reached the provider or may have: ask before charging.
             match h.provider.lookup(&prepared, &key).await {
-                Ok(Some(Charge::Pending { order_id })) => {
-                    return unknown::<P>(db, &ev, format!("order {order_id} is still pending"))
-                        .await
+                Ok(Some(Charge::Pending { order_id })) if status == "unknown" => {
+                    // A charge may be in flight on this order: never charge it again blind.
+                    return unknown::<P>(
+                        db,
+                        &ev,
+                        format!("order {order_id} is still pending after an unknown outcome"),
+                    )
+                    .await;
                 }
+                // Known to be undecided and uncharged (the last call was refused): charge;
+                // the provider's key (Pagar.me) or reference (Appmax) keeps it one order.
+                Ok(Some(Charge::Pending { .. })) => None,
                 Ok(found) => found,
                 Err(e) => return provider_failed::<P>(db, &ev, ctx, e).await,
             }
@@ -486,15 +510,15 @@ async fn load(db: &PgPool, id: Uuid) -> Result<Option<Subscription>, sqlx::Error
 enum Claim {
     /// The row was created by this attempt: charge.
     Fresh,
-    /// Another worker holds the key's lease.
-    Busy,
+    /// Another worker holds the key's lease, for `remaining` more.
+    Busy { remaining: Duration },
     /// Already paid (the finish did not land): finish again.
     Paid {
         order_id: Option<String>,
         charge_id: Option<String>,
     },
-    /// An earlier try may have reached the provider: reconcile first.
-    Undecided,
+    /// An earlier try may have reached the provider: reconcile first. `status` is the row's.
+    Undecided { status: String },
 }
 
 /// Step 3: the `pending` row and the key's lease, committed before any provider call.
@@ -539,12 +563,24 @@ async fn claim(
     .fetch_optional(db)
     .await?;
     Ok(match row {
-        None => Claim::Busy,
+        None => {
+            let secs: Option<f64> = sqlx::query_scalar(
+                "SELECT GREATEST(0, EXTRACT(EPOCH FROM charging_until - now()))::float8
+                   FROM payment_transactions WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_optional(db)
+            .await?
+            .flatten();
+            Claim::Busy {
+                remaining: Duration::from_secs_f64(secs.unwrap_or(0.0)),
+            }
+        }
         Some((status, order_id, charge_id)) if status == "paid" => Claim::Paid {
             order_id,
             charge_id,
         },
-        Some(_) => Claim::Undecided,
+        Some((status, _, _)) => Claim::Undecided { status },
     })
 }
 
