@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_due;
+mod demo;
 mod dev;
 mod due;
 mod migrate;
@@ -113,6 +114,9 @@ pub enum Command {
     /// The whole fleet in one process against local services: migrate, topology, a worker
     /// on every queue and the scheduler.
     Dev(dev::DevArgs),
+    /// Demo data: `warren demo seed` creates customers, cards and subscriptions wired to the
+    /// provider simulator's card suffixes.
+    Demo(demo::DemoArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -128,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(&g, a).await,
         Command::BenchDue(a) => bench_due::run(&g, a).await,
         Command::Dev(a) => dev::run(&g, a).await,
+        Command::Demo(a) => demo::run(&g, a).await,
     }
 }
 
