@@ -496,7 +496,7 @@ async fn missing_preconditions_dead_letter_naming_the_field_without_a_provider_c
         ),
     ];
     let sim = simulator(&env, 0).await;
-    let _worker = renewal_worker(&env, &sim, "100");
+    let worker = renewal_worker(&env, &sim, "100");
     let _scheduler = scheduler(&env);
     let dlq = |q: &str| format!("{}.dlq", env.queue(q));
     eventually(T, "six dead letters", || async {
@@ -535,6 +535,10 @@ async fn missing_preconditions_dead_letter_naming_the_field_without_a_provider_c
         assert_eq!(events, 1, "{sub}: event rows");
     }
     assert!(sim.charges().await.is_empty(), "a provider was called");
+    assert!(
+        !worker.logs().contains("sk_test_warren"),
+        "the secret key was printed"
+    );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_transactions")
         .fetch_one(&env.pool)
         .await
@@ -624,5 +628,26 @@ async fn dunning_retries_declined_periods_with_their_own_keys() {
     .await
     .unwrap();
     assert_eq!(kinds, ["renewal.declined", "renewal.unpaid"]);
+    env.cleanup().await;
+}
+
+/// A worker on a renewal queue without the provider's settings refuses to start, naming them.
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_worker_without_provider_settings_names_what_is_missing() {
+    let env = TestEnv::new(CONFIG).await;
+    let out = env.run(&["worker", "--queue", "renewals.pagarme"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("WARREN_PAGARME_BASE_URL") && err.contains("WARREN_PAGARME_SECRET_KEY"),
+        "{err}"
+    );
+    let out = env.run(&["worker", "--queue", "renewals.appmax"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("WARREN_APPMAX_BASE_URL"),
+        "{}",
+        stderr(&out)
+    );
     env.cleanup().await;
 }

@@ -879,6 +879,30 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn api_calls_wait_for_the_rate_limit() {
+        // 5/s allows a burst of 5, then one call per 200 ms: 10 calls take at least 1 s.
+        let api = Api::new("test", Some(5));
+        let started = Instant::now();
+        for _ in 0..10 {
+            api.charge(async {
+                Ok(Charge::Pending {
+                    order_id: "o".into(),
+                })
+            })
+            .await
+            .unwrap();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            started.elapsed()
+        );
+        // 0 means unlimited.
+        let unlimited = Api::new("test", Some(0));
+        assert!(unlimited.limiter.is_none());
+    }
+
     #[test]
     fn only_the_due_attempt_of_the_current_period_runs() {
         let end = "2026-11-01T00:00:00Z";
