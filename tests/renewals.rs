@@ -92,22 +92,6 @@ fn renewal_worker(env: &TestEnv, sim: &Sim, rate: &str) -> Worker {
     )
 }
 
-fn scheduler(env: &TestEnv) -> Worker {
-    env.spawn(
-        &[
-            "scheduler",
-            "--scan-interval",
-            "1s",
-            "--leader-retry",
-            "500ms",
-        ],
-        &[
-            ("WARREN_PAGARME_DRY_RUN", "false"),
-            ("WARREN_APPMAX_DRY_RUN", "false"),
-        ],
-    )
-}
-
 /// One row per subscription: its card suffix and where it ended up.
 #[derive(Debug, sqlx::FromRow)]
 #[allow(dead_code)] // `id` is for the assertion messages (Debug)
@@ -265,7 +249,7 @@ async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
         renewal_worker(&env, &sim, "100"),
         renewal_worker(&env, &sim, "100"),
     ];
-    let _scheduler = scheduler(&env);
+    let _scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
     eventually(T, "every renewal decided", || settled(&env)).await;
     assert_states_and_ledger(&env, &sim).await;
 
@@ -319,7 +303,7 @@ async fn renewals_survive_two_worker_kills() {
     let sim = simulator(&env, 20).await;
     let mut victim = renewal_worker(&env, &sim, "30");
     let _steady = renewal_worker(&env, &sim, "30");
-    let _scheduler = scheduler(&env);
+    let _scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
     let decided = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM payment_transactions WHERE status IN ('paid', 'failed')",
@@ -497,7 +481,7 @@ async fn missing_preconditions_dead_letter_naming_the_field_without_a_provider_c
     ];
     let sim = simulator(&env, 0).await;
     let worker = renewal_worker(&env, &sim, "100");
-    let _scheduler = scheduler(&env);
+    let _scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
     let dlq = |q: &str| format!("{}.dlq", env.queue(q));
     eventually(T, "six dead letters", || async {
         env.ready(&dlq("renewals.pagarme")).await + env.ready(&dlq("renewals.appmax")).await == 6
@@ -573,7 +557,7 @@ async fn dunning_retries_declined_periods_with_their_own_keys() {
     .await;
     let sim = simulator(&env, 0).await;
     let _worker = renewal_worker(&env, &sim, "100");
-    let _scheduler = scheduler(&env);
+    let _scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
     let status = |id: Uuid| {
         let pool = env.pool.clone();
         async move {

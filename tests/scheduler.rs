@@ -84,21 +84,6 @@ async fn drain(env: &TestEnv, queue: &str) -> Vec<lapin::message::Delivery> {
     out
 }
 
-fn scheduler(env: &TestEnv, extra: &[(&str, &str)]) -> Worker {
-    let mut envs = vec![("WARREN_PAGARME_DRY_RUN", "false")];
-    envs.extend_from_slice(extra);
-    env.spawn(
-        &[
-            "scheduler",
-            "--scan-interval",
-            "1s",
-            "--leader-retry",
-            "500ms",
-        ],
-        &envs,
-    )
-}
-
 async fn leaders(replicas: &[Worker]) -> Vec<usize> {
     let mut out = Vec::new();
     for (i, r) in replicas.iter().enumerate() {
@@ -129,7 +114,7 @@ async fn three_replicas_publish_each_due_period_exactly_once() {
     seed(&env, 6, "APPMAX", false, "ACTIVE", true).await; // dry run below
 
     let replicas: Vec<Worker> = (0..3)
-        .map(|_| scheduler(&env, &[("WARREN_APPMAX_DRY_RUN", "true")]))
+        .map(|_| env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "true")]))
         .collect();
     eventually(T, "30 renewals enqueued", || async {
         enqueued(&env).await == 30
@@ -188,7 +173,7 @@ async fn three_replicas_publish_each_due_period_exactly_once() {
 async fn killed_leader_is_replaced_within_15s_without_double_publish() {
     let env = TestEnv::new(FAST_CONFIG).await;
     let first = seed(&env, 20, "PAGARME", false, "ACTIVE", true).await;
-    let mut replicas: Vec<Worker> = (0..3).map(|_| scheduler(&env, &[])).collect();
+    let mut replicas: Vec<Worker> = (0..3).map(|_| env.scheduler(&[])).collect();
     eventually(T, "first batch enqueued", || async {
         enqueued(&env).await == 20
     })
@@ -319,7 +304,7 @@ async fn every_2s_with_three_replicas_yields_one_job_per_tick() {
          overlap = \"allow\"\npayload = {{ hello = \"world\" }}\n"
     );
     let env = TestEnv::new(&config).await;
-    let replicas: Vec<Worker> = (0..3).map(|_| scheduler(&env, &[])).collect();
+    let replicas: Vec<Worker> = (0..3).map(|_| env.scheduler(&[])).collect();
     tokio::time::sleep(Duration::from_secs(20)).await;
     drop(replicas);
     let ticks = drained_ticks(&env).await;
@@ -353,7 +338,7 @@ async fn overlap_skip_records_skipped_ticks_while_a_run_is_unfinished() {
          overlap = \"skip\"\n"
     );
     let env = TestEnv::new(&config).await;
-    let s = scheduler(&env, &[]);
+    let s = env.scheduler(&[]);
     // No worker runs the first tick's job, so it stays unfinished.
     tokio::time::sleep(Duration::from_secs(5)).await;
     drop(s);

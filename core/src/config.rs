@@ -184,19 +184,14 @@ impl FileConfig {
         if self.retry.tiers.is_empty() {
             return Ok(DEFAULT_TIERS.to_vec());
         }
-        let mut out = Vec::with_capacity(self.retry.tiers.len());
-        for (i, t) in self.retry.tiers.iter().enumerate() {
-            let d = humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
+        let out = durations("retry.tiers", &self.retry.tiers)?;
+        let too_short_or_not_increasing =
+            |i: usize| out[i] < Duration::from_millis(1) || (i > 0 && out[i - 1] >= out[i]);
+        if let Some(i) = (0..out.len()).find(|&i| too_short_or_not_increasing(i)) {
+            return Err(ConfigError::Invalid {
                 field: format!("retry.tiers[{i}]"),
-                message: format!("{t:?} is not a duration like \"500ms\" or \"5s\": {e}"),
-            })?;
-            if d < Duration::from_millis(1) || out.last().is_some_and(|p| *p >= d) {
-                return Err(ConfigError::Invalid {
-                    field: format!("retry.tiers[{i}]"),
-                    message: "tiers must be at least 1ms and strictly increasing".into(),
-                });
-            }
-            out.push(d);
+                message: "tiers must be at least 1ms and strictly increasing".into(),
+            });
         }
         Ok(out)
     }
@@ -208,14 +203,7 @@ impl FileConfig {
         if self.dunning.schedule.is_empty() {
             return Ok(crate::billing::DunningSchedule::default());
         }
-        let mut out = Vec::with_capacity(self.dunning.schedule.len());
-        for (i, t) in self.dunning.schedule.iter().enumerate() {
-            let d = humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
-                field: format!("dunning.schedule[{i}]"),
-                message: format!("{t:?} is not a duration like \"1d\" or \"12h\": {e}"),
-            })?;
-            out.push(d);
-        }
+        let out = durations("dunning.schedule", &self.dunning.schedule)?;
         Ok(crate::billing::DunningSchedule(out))
     }
 
@@ -223,6 +211,20 @@ impl FileConfig {
     pub fn provider(&self, name: &str) -> ProviderConfig {
         self.providers.get(name).cloned().unwrap_or_default()
     }
+}
+
+/// Parses a list of durations ("500ms", "1d"), naming `field[i]` on error.
+fn durations(field: &str, values: &[String]) -> Result<Vec<Duration>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
+                field: format!("{field}[{i}]"),
+                message: format!("{t:?} is not a duration like \"500ms\", \"5s\" or \"1d\": {e}"),
+            })
+        })
+        .collect()
 }
 
 /// Checks a namespace: lowercase letters, digits, `-`, `_` and `.`, not empty.

@@ -131,6 +131,23 @@ impl TestEnv {
         Worker { child, port, log }
     }
 
+    /// `warren scheduler` scanning every second, Pagar.me out of dry run; `envs` add to or
+    /// override that.
+    pub fn scheduler(&self, envs: &[(&str, &str)]) -> Worker {
+        let mut all = vec![("WARREN_PAGARME_DRY_RUN", "false")];
+        all.extend_from_slice(envs);
+        self.spawn(
+            &[
+                "scheduler",
+                "--scan-interval",
+                "1s",
+                "--leader-retry",
+                "500ms",
+            ],
+            &all,
+        )
+    }
+
     pub fn queue(&self, short: &str) -> String {
         format!("{}.{short}", self.ns)
     }
