@@ -3,6 +3,7 @@
 //! - [`task`]: task names (= routing keys) and the built-in payload types.
 //! - [`billing`]: billing intervals and period arithmetic.
 //! - [`envelope`]: AMQP properties and headers a job carries, and dead-letter reasons.
+//! - [`payload`]: decoding and validating job bodies, naming the path of the first error.
 //! - [`topology`]: exchanges, queues, bindings and delay tiers, declared as data.
 //! - [`config`]: typed settings from env vars, flags and the optional TOML file.
 //! - [`broker`]: connecting to RabbitMQ with credentials kept out of logs.
@@ -14,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod envelope;
+pub mod payload;
 pub mod task;
 pub mod telemetry;
 pub mod topology;
