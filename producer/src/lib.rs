@@ -4,6 +4,14 @@
 //! and dead letters) and the benchmark all go through [`Producer::publish_raw`]. A publish
 //! is done only when the broker confirmed it; an unroutable publish (no queue bound to the
 //! task) is an error, never a silent success.
+//!
+//! **Delays.** A producer built [`with_topology`](Producer::with_topology) can publish with
+//! [`PublishOptions::delay`]: the job goes to the shortest delay tier at least that long,
+//! with a per-message expiration of exactly the delay, and the tier dead-letters it to
+//! `<ns>.jobs` when it expires. It runs no sooner than the delay; when delays of one tier
+//! are mixed it may run up to that tier's length late (expiry happens at the queue head).
+//! Delays longer than the longest tier belong in the outbox (`warren_outbox.run_at`), which
+//! holds them in PostgreSQL.
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -11,8 +19,11 @@ use lapin::types::FieldTable;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
 use warren_core::envelope::{self, json_properties};
 use warren_core::telemetry::names;
+use warren_core::topology::Topology;
 
 /// Why a publish did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +36,10 @@ pub enum PublishError {
     Encode(#[from] serde_json::Error),
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("a delay of {delay:?} is longer than the longest delay tier ({longest:?}); hold it in the outbox instead (warren_outbox.run_at, or `warren publish --delay` which does so)")]
+    DelayTooLong { delay: Duration, longest: Duration },
+    #[error("delayed publishes need the topology's delay tiers (Producer::with_topology)")]
+    NoTiers,
 }
 
 impl PublishError {
@@ -43,6 +58,8 @@ pub struct PublishOptions {
     pub idempotency_key: Option<String>,
     pub tenant: Option<String>,
     pub max_attempts: Option<u32>,
+    /// Run no sooner than this from now (through a delay tier; see the crate docs).
+    pub delay: Option<Duration>,
 }
 
 /// A confirmed publisher on its own channel.
@@ -50,6 +67,7 @@ pub struct PublishOptions {
 pub struct Producer {
     channel: Channel,
     exchange: String,
+    topology: Option<Arc<Topology>>,
 }
 
 impl Producer {
@@ -59,7 +77,41 @@ impl Producer {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel, exchange })
+        Ok(Self {
+            channel,
+            exchange,
+            topology: None,
+        })
+    }
+
+    /// Enables delayed publishes through `topology`'s delay tiers.
+    pub fn with_topology(mut self, topology: &Topology) -> Self {
+        self.topology = Some(Arc::new(topology.clone()));
+        self
+    }
+
+    /// Where a publish goes: the work exchange, or for a delayed job the delay tier that
+    /// holds it. A delay tier is a fanout exchange, so the broker cannot say a task is
+    /// unroutable: the topology is asked instead.
+    fn target(&self, task: &str, opts: &PublishOptions) -> Result<String, PublishError> {
+        let Some(delay) = opts.delay.filter(|d| !d.is_zero()) else {
+            return Ok(self.exchange.clone());
+        };
+        let topology = self.topology.as_ref().ok_or(PublishError::NoTiers)?;
+        let tiers = topology.tiers();
+        let Some(i) = tiers.iter().position(|t| *t >= delay) else {
+            return Err(PublishError::DelayTooLong {
+                delay,
+                longest: tiers.last().copied().unwrap_or_default(),
+            });
+        };
+        if !topology.queues().iter().any(|q| q.receives(task)) {
+            return Err(PublishError::Unroutable {
+                task: task.to_owned(),
+                exchange: self.exchange.clone(),
+            });
+        }
+        Ok(topology.tier_name(i))
     }
 
     pub fn channel(&self) -> &Channel {
@@ -74,8 +126,9 @@ impl Producer {
         opts: &PublishOptions,
     ) -> Result<String, PublishError> {
         let body = serde_json::to_vec(payload)?;
+        let exchange = self.target(task, opts)?;
         let (id, props) = Self::envelope(opts);
-        self.publish_raw(&self.exchange, task, task, &body, props)
+        self.publish_raw(&exchange, task, task, &body, props)
             .await?;
         Ok(id)
     }
@@ -93,11 +146,12 @@ impl Producer {
         let mut pending = FuturesOrdered::new();
         let mut done = 0;
         for (body, opts) in bodies {
+            let exchange = self.target(task, &opts)?;
             let (id, props) = Self::envelope(&opts);
             ids.push(id);
-            // The futures borrow the producer and the task; only the body moves in.
+            // The futures borrow the producer and the task; body and target move in.
             pending.push_back(async move {
-                self.publish_raw(&self.exchange, task, task, &body, props)
+                self.publish_raw(&exchange, task, task, &body, props)
                     .await
             });
             while pending.len() >= window.max(1) {
@@ -132,7 +186,12 @@ impl Producer {
         if let Some(m) = opts.max_attempts {
             envelope::set_int(&mut headers, envelope::H_MAX_ATTEMPTS, m.into());
         }
-        let props = json_properties(&id, headers);
+        let mut props = json_properties(&id, headers);
+        if let Some(d) = opts.delay.filter(|d| !d.is_zero()) {
+            // Per-message TTL in milliseconds, at least 1 (0 would mean "now or drop").
+            let ms = d.as_millis().max(1);
+            props = props.with_expiration(ms.to_string().into());
+        }
         (id, props)
     }
 

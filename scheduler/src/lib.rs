@@ -5,9 +5,11 @@
 //! - [`cron`]: schedule arithmetic (cron expressions, intervals, time zones, catch-up).
 //! - [`ticks`]: recording each cron tick once and publishing its job.
 //! - [`run`]: the loop that ties them together on the leader.
+//! - [`outbox`]: the transactional outbox relay (runs on every replica).
 
 pub mod cron;
 pub mod due;
 pub mod leader;
+pub mod outbox;
 pub mod run;
 pub mod ticks;

@@ -44,7 +44,7 @@ impl SchedulerConfig {
 pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: CancellationToken) {
     let key = lock_key(&cfg.namespace);
     let mut leadership: Option<Leadership> = None;
-    let mut broker = Broker::default();
+    let mut broker = Broker::new(&cfg.amqp_url, &cfg.jobs_exchange, "scheduler");
     let mut next_scan = Instant::now();
     metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
     loop {
@@ -109,7 +109,7 @@ async fn scan_all(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
         }
         let publishes = kind.task().is_some() && !flags.dry_run;
         let producer = if publishes {
-            match broker.producer(cfg, kind.label()).await {
+            match broker.producer(kind.label()).await {
                 Some(p) => Some(p),
                 None => continue,
             }
@@ -144,7 +144,7 @@ async fn scan_all(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
 }
 
 async fn run_cron(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
-    let Some(producer) = broker.producer(cfg, "cron").await else {
+    let Some(producer) = broker.producer("cron").await else {
         return;
     };
     if let Err(e) = crate::ticks::run_due(pool, producer, &cfg.schedules, chrono::Utc::now()).await
@@ -156,38 +156,54 @@ async fn run_cron(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
     }
 }
 
-/// The leader's broker connection: opened when a pass first needs to publish, dropped
-/// after a publish failure so the next pass reconnects.
-#[derive(Default)]
-struct Broker(Option<(lapin::Connection, Producer)>);
+/// A broker connection opened when a pass first needs to publish, dropped after a publish
+/// failure so the next pass reconnects (the leader's scans and cron, and the outbox relay).
+pub struct Broker {
+    amqp_url: String,
+    exchange: String,
+    role: &'static str,
+    open: Option<(lapin::Connection, Producer)>,
+}
 
 impl Broker {
+    pub fn new(amqp_url: &str, exchange: &str, role: &'static str) -> Self {
+        Self {
+            amqp_url: amqp_url.to_owned(),
+            exchange: exchange.to_owned(),
+            role,
+            open: None,
+        }
+    }
+
     /// A producer, connecting first if needed; `None` (logged) while RabbitMQ is unreachable.
-    async fn producer(&mut self, cfg: &SchedulerConfig, work: &str) -> Option<&Producer> {
-        if self.0.is_none() {
+    pub async fn producer(&mut self, work: &str) -> Option<&Producer> {
+        if self.open.is_none() {
             let opened = async {
-                let conn = warren_core::broker::connect(&cfg.amqp_url, "scheduler").await?;
-                let producer = Producer::new(&conn, cfg.jobs_exchange.clone()).await?;
+                let conn = warren_core::broker::connect(&self.amqp_url, self.role).await?;
+                let producer = Producer::new(&conn, self.exchange.clone()).await?;
                 Ok::<_, warren_producer::PublishError>((conn, producer))
             };
             match opened.await {
-                Ok(b) => self.0 = Some(b),
+                Ok(b) => self.open = Some(b),
                 Err(e) => {
                     tracing::warn!(error = %e, work, "cannot reach RabbitMQ; postponed to the next pass");
                     return None;
                 }
             }
         }
-        self.0.as_ref().map(|(_, p)| p)
+        self.open.as_ref().map(|(_, p)| p)
     }
 
-    fn reset(&mut self) {
-        self.0 = None;
+    /// Drops the connection; the next [`producer`](Self::producer) reconnects.
+    pub fn reset(&mut self) {
+        self.open = None;
     }
 
-    async fn close(self) {
-        if let Some((conn, _)) = self.0 {
-            let _ = conn.close(200, "scheduler stopping".into()).await;
+    pub async fn close(self) {
+        if let Some((conn, _)) = self.open {
+            let _ = conn
+                .close(200, format!("{} stopping", self.role).as_str().into())
+                .await;
         }
     }
 }

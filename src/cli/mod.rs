@@ -8,6 +8,7 @@ mod due;
 mod migrate;
 mod provider_sim;
 mod publish;
+mod relay;
 mod scheduler;
 mod topology;
 mod worker;
@@ -105,8 +106,10 @@ pub enum Command {
     Due(due::DueArgs),
     /// Serve the Pagar.me/Appmax simulator (scripted outcomes by card suffix).
     ProviderSim(provider_sim::ProviderSimArgs),
-    /// Publish a job (or N copies) with publisher confirms.
+    /// Publish a job (or N copies) with publisher confirms, now or after a delay.
     Publish(publish::PublishArgs),
+    /// Publish the transactional outbox (warren_outbox) as rows become due.
+    Relay(relay::RelayArgs),
     /// Measure the worker runtime against a bare lapin consumer.
     Bench(bench::BenchArgs),
     /// Measure the scheduler's due scan on a seeded throwaway database.
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Due(a) => due::run(&g, a).await,
         Command::ProviderSim(a) => provider_sim::run(&g, a).await,
         Command::Publish(a) => publish::run(&g, a).await,
+        Command::Relay(a) => relay::run(&g, a).await,
         Command::Bench(a) => bench::run(&g, a).await,
         Command::BenchDue(a) => bench_due::run(&g, a).await,
         Command::Dev(a) => dev::run(&g, a).await,

@@ -5,8 +5,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use warren_producer::{Producer, PublishOptions};
+use warren_scheduler::outbox::{self, OutboxJob};
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
@@ -39,6 +40,16 @@ pub struct PublishArgs {
     #[arg(long, env = "WARREN_PUBLISH_COUNT", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
+    /// Run no sooner than this from now ("3s", "2h"). Up to the longest delay tier (1h by
+    /// default) the job waits in that tier on the broker; longer delays are written to the
+    /// outbox (warren_outbox.run_at, in PostgreSQL) and published when due by a relay
+    /// (`warren relay`, or inside `warren scheduler` / `warren dev`).
+    #[arg(long, env = "WARREN_DELAY", value_parser = humantime::parse_duration,
+          conflicts_with = "run_at")]
+    pub delay: Option<Duration>,
+    /// Run no sooner than this instant (RFC 3339, e.g. 2026-12-01T09:00:00Z); as --delay.
+    #[arg(long, env = "WARREN_RUN_AT")]
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
@@ -73,13 +84,25 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
     }
 
     let topology = g.topology()?;
+    let delay = match (a.delay, a.run_at) {
+        (Some(d), _) => Some(d),
+        (None, Some(at)) => Some((at - chrono::Utc::now()).to_std().unwrap_or_default()),
+        (None, None) => None,
+    };
+    let longest = topology.tiers().last().copied().unwrap_or_default();
+    if let Some(d) = delay.filter(|d| *d > longest) {
+        return hold_in_outbox(g, &a, &payload, d, longest, &topology).await;
+    }
     let conn = g.connect("publish").await?;
-    let producer = Producer::new(&conn, topology.jobs_exchange()).await?;
+    let producer = Producer::new(&conn, topology.jobs_exchange())
+        .await?
+        .with_topology(&topology);
     let opts = PublishOptions {
         id: a.id.clone(),
         idempotency_key: a.idempotency_key.clone(),
         tenant: a.tenant.clone(),
         max_attempts: a.max_attempts,
+        delay,
     };
     if a.count == 1 {
         let id = producer
@@ -111,5 +134,57 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
         println!("{total}");
     }
     let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// A delay past the longest tier: one outbox row per copy, published when due by a relay.
+async fn hold_in_outbox(
+    g: &Global,
+    a: &PublishArgs,
+    payload: &serde_json::Value,
+    delay: Duration,
+    longest: Duration,
+    topology: &warren_core::topology::Topology,
+) -> anyhow::Result<()> {
+    if !topology.queues().iter().any(|q| q.receives(&a.task)) {
+        bail!(
+            "no queue receives task {:?}; check the task name or add a queue for it in the config file",
+            a.task
+        );
+    }
+    let run_at = chrono::Utc::now() + chrono::Duration::from_std(delay)?;
+    let pool = warren_core::db::lazy_pool(&g.database_url, 1)?;
+    let mut tx = pool
+        .begin()
+        .await
+        .context("connecting to PostgreSQL to hold the delayed job in the outbox")?;
+    let mut ids = Vec::new();
+    for _ in 0..a.count {
+        let job = OutboxJob {
+            id: a.id.clone(),
+            idempotency_key: a.idempotency_key.clone(),
+            tenant: a.tenant.clone(),
+            max_attempts: a.max_attempts,
+            run_at: Some(run_at),
+        };
+        ids.push(
+            outbox::insert(&mut *tx, &a.task, payload, &job)
+                .await
+                .context("writing to warren_outbox (has `warren migrate` run?)")?,
+        );
+    }
+    tx.commit().await?;
+    eprintln!(
+        "held {} job(s) in the outbox until {} (the delay is longer than the longest tier, {}); \
+         a relay publishes them then",
+        ids.len(),
+        run_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        humantime::format_duration(longest)
+    );
+    if a.count == 1 {
+        println!("{}", ids[0]);
+    } else {
+        println!("{}", a.count);
+    }
     Ok(())
 }

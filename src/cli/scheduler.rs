@@ -24,6 +24,8 @@ pub struct SchedulerArgs {
     pub leader_retry: Duration,
     #[command(flatten)]
     pub providers: ProviderArgs,
+    #[command(flatten)]
+    pub relay: super::relay::RelayArgs,
 }
 
 /// Per-provider rollout flags. Unset flags fall back to `[providers.NAME]` in the config
@@ -93,7 +95,17 @@ pub async fn start(
         leader_retry: a.leader_retry,
         schedules,
     };
-    warren_scheduler::run::run(cfg, pool, health, shutdown).await;
+    // Every replica relays the outbox (rows are shared out by SKIP LOCKED); only the leader scans.
+    let relay = warren_scheduler::outbox::run_relay(
+        a.relay.config(g)?,
+        pool.clone(),
+        health.clone(),
+        shutdown.clone(),
+    );
+    tokio::join!(
+        warren_scheduler::run::run(cfg, pool, health, shutdown),
+        relay
+    );
     tracing::info!("scheduler stopped");
     Ok(())
 }
