@@ -221,3 +221,37 @@ async fn a_two_hour_delay_is_held_in_postgres_and_runs_when_due() {
     env.wait_status("delayed-2h", "succeeded", T).await;
     env.cleanup().await;
 }
+
+/// `examples/sql/outbox.sql` as a user would run it: both jobs succeed, the second no
+/// sooner than its `run_at`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sql_example_runs() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let _relay = relay(&env);
+    let mut worker = env.worker(&["--queue", "default"]);
+    worker.wait_ready(T).await;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sql/outbox.sql");
+    let out = std::process::Command::new("psql")
+        .args([&env.db_url, "-v", "ON_ERROR_STOP=1", "-f", example])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    let first: String =
+        sqlx::query_scalar("SELECT id FROM warren_outbox WHERE task = 'demo.sleep'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    env.wait_status(&first, "succeeded", T).await;
+    let (ran_after_due,): (bool,) = {
+        env.wait_status("example-receipt-42", "succeeded", T).await;
+        sqlx::query_as(
+            "SELECT j.updated_at >= o.run_at FROM job_runs j
+               JOIN warren_outbox o ON o.id = j.job_id WHERE j.job_id = 'example-receipt-42'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    assert!(ran_after_due, "ran before its run_at");
+    env.cleanup().await;
+}

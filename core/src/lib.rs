@@ -3,6 +3,7 @@
 //! - [`task`]: task names (= routing keys) and the built-in payload types.
 //! - [`billing`]: billing intervals and period arithmetic.
 //! - [`envelope`]: AMQP properties and headers a job carries, and dead-letter reasons.
+//! - [`outbox`]: enqueueing a job inside your own database transaction (`warren_outbox`).
 //! - [`payload`]: decoding and validating job bodies, naming the path of the first error.
 //! - [`topology`]: exchanges, queues, bindings and delay tiers, declared as data.
 //! - [`config`]: typed settings from env vars, flags and the optional TOML file.
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod envelope;
+pub mod outbox;
 pub mod payload;
 pub mod task;
 pub mod telemetry;

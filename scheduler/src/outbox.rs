@@ -1,7 +1,8 @@
 //! The transactional outbox relay: publishes the due rows of `warren_outbox` and marks them.
 //!
 //! An application enqueues a job by inserting a row in **its own** transaction (plain SQL,
-//! any language; [`insert`] for Rust code and handlers chaining follow-up jobs). A relay
+//! any language; [`warren_core::outbox::insert`] for Rust code and handlers chaining
+//! follow-up jobs). A relay
 //! (`warren relay`, and inside `warren scheduler` and `warren dev`) then, per batch, in one
 //! transaction: locks up to `batch` due rows with `FOR UPDATE SKIP LOCKED` (so any number of
 //! relays share the work and never take the same row), publishes them with confirms and
@@ -16,8 +17,7 @@
 
 use crate::run::Broker;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::Serialize;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_core::telemetry::Health;
@@ -25,43 +25,6 @@ use warren_producer::{Producer, PublishError, PublishOptions};
 
 /// Most retry backoff for a row that cannot be published.
 const MAX_BACKOFF_SECS: f64 = 3600.0;
-
-/// What a job written to the outbox carries besides task and payload.
-#[derive(Debug, Clone, Default)]
-pub struct OutboxJob {
-    /// Job id; a random UUID when absent.
-    pub id: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub tenant: Option<String>,
-    pub max_attempts: Option<u32>,
-    /// Publish no sooner than this; now when absent.
-    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Inserts a job into the outbox through `db` — pass your own transaction so the job exists
-/// exactly when your other writes commit. Returns the job id.
-pub async fn insert<'e, T: Serialize + ?Sized>(
-    db: impl PgExecutor<'e>,
-    task: &str,
-    payload: &T,
-    job: &OutboxJob,
-) -> Result<String, sqlx::Error> {
-    let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query_scalar(
-        "INSERT INTO warren_outbox (id, task, payload, idempotency_key, tenant, max_attempts, run_at)
-         VALUES (COALESCE($1, gen_random_uuid()::text), $2, $3, $4, $5, $6, COALESCE($7, now()))
-         RETURNING id",
-    )
-    .bind(&job.id)
-    .bind(task)
-    .bind(payload)
-    .bind(&job.idempotency_key)
-    .bind(&job.tenant)
-    .bind(job.max_attempts.map(|m| m as i32))
-    .bind(job.run_at)
-    .fetch_one(db)
-    .await
-}
 
 /// Relay failures.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use warren_producer::{Producer, PublishOptions};
-use warren_scheduler::outbox::{self, OutboxJob};
+use warren_core::outbox::{self, OutboxJob};
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
