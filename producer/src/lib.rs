@@ -13,6 +13,8 @@
 //! Delays longer than the longest tier belong in the outbox (`warren_outbox.run_at`), which
 //! holds them in PostgreSQL.
 
+pub mod ingest;
+
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;

@@ -1,0 +1,159 @@
+//! `Idempotency-Key` records in PostgreSQL (`ingest_idempotency`, migration
+//! 20261123000006): claim first by insert, answer, then store the answer.
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+
+/// How long a request that holds a claim may take before another request with the same
+/// key may take it over (the first process died between claim and answer).
+const ABANDONED_AFTER_SECS: f64 = 120.0;
+/// How long a request waits for a concurrent request with the same key to finish.
+const WAIT_FOR_FIRST: Duration = Duration::from_secs(10);
+
+/// What a claim found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This request owns the key: publish, then [`Store::complete`] or [`Store::release`].
+    New,
+    /// The key was answered before, within the window: send that answer again.
+    Replay { status: u16, body: String },
+    /// The key was used with a different request.
+    Mismatch,
+    /// Another request with this key is still running (after waiting for it).
+    InProgress,
+}
+
+/// The idempotency table and its window.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    window: Duration,
+}
+
+/// SHA-256 over the parts that make two requests "the same", hex.
+pub fn request_hash(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    pub fn new(pool: PgPool, window: Duration) -> Self {
+        Self { pool, window }
+    }
+
+    fn window_secs(&self) -> f64 {
+        self.window.as_secs_f64()
+    }
+
+    /// Claims `(scope, key)` for a request with `hash`, or says what an earlier request
+    /// with the same key left. Safe under concurrency: exactly one insert wins.
+    pub async fn claim(&self, scope: &str, key: &str, hash: &str) -> Result<Claim, sqlx::Error> {
+        let deadline = Instant::now() + WAIT_FOR_FIRST;
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO ingest_idempotency (scope, key, request_hash) VALUES ($1, $2, $3) \
+                 ON CONFLICT (scope, key) DO NOTHING",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(Claim::New);
+            }
+            let row: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(
+                "SELECT request_hash, status, response, \
+                        created_at < now() - make_interval(secs => $3) \
+                        OR (status IS NULL AND created_at < now() - make_interval(secs => $4)) \
+                 FROM ingest_idempotency WHERE scope = $1 AND key = $2",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(self.window_secs())
+            .bind(ABANDONED_AFTER_SECS)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some((stored_hash, status, response, stale)) = row else {
+                continue; // deleted in between: claim again
+            };
+            if stale {
+                // Expired (or abandoned): remove exactly that row, then claim again.
+                sqlx::query(
+                    "DELETE FROM ingest_idempotency WHERE scope = $1 AND key = $2 \
+                     AND request_hash = $3 AND status IS NOT DISTINCT FROM $4",
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(&stored_hash)
+                .bind(status)
+                .execute(&self.pool)
+                .await?;
+                continue;
+            }
+            if stored_hash != hash {
+                return Ok(Claim::Mismatch);
+            }
+            if let (Some(status), Some(body)) = (status, response) {
+                return Ok(Claim::Replay {
+                    status: status as u16,
+                    body,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Ok(Claim::InProgress);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stores the answer of the request that owns the claim.
+    pub async fn complete(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE ingest_idempotency SET status = $3, response = $4, completed_at = now() \
+             WHERE scope = $1 AND key = $2 AND status IS NULL",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(status as i16)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives the claim up (the request failed in a way worth retrying, e.g. 503).
+    pub async fn release(&self, scope: &str, key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM ingest_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes records older than the window. Returns how many.
+    pub async fn prune(&self) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "DELETE FROM ingest_idempotency WHERE created_at < now() - make_interval(secs => $1)",
+        )
+        .bind(self.window_secs())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}

@@ -1,0 +1,598 @@
+//! The ingest HTTP API (`warren ingest`): publish a job with one `POST`.
+//!
+//! - `POST /v1/jobs/{task}`: the body is the job's JSON payload.
+//! - `POST /v1/jobs`: a JSON array of `{task, payload, id?, idempotency_key?}`.
+//!
+//! Both answer `202 {"jobs":[{"id","task"}]}` only after the broker confirmed every
+//! message (publisher confirms, `mandatory`), and errors as `{error, message, path?}`.
+//! Requests carry `Authorization: Bearer <token>`; an `Idempotency-Key` header makes a
+//! retried request answer the first response without publishing again. See
+//! `docs/ingest.md` for the whole contract.
+
+mod auth;
+mod broker;
+mod idempotency;
+
+pub use auth::{Scope, Tokens, TokensError};
+pub use broker::{Link, SharedBroker, Unavailable};
+pub use idempotency::{request_hash, Claim, Store};
+
+use crate::{Producer, PublishError, PublishOptions};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use warren_core::telemetry::Health;
+use warren_core::topology::Topology;
+
+/// counter {status}: ingest API requests answered, by HTTP status code.
+pub const REQUESTS: &str = "warren_ingest_requests_total";
+/// histogram {status}: ingest API request wall time, seconds (publish confirms included).
+pub const REQUEST_DURATION: &str = "warren_ingest_request_duration_seconds";
+
+/// The OpenAPI 3.1 description served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_KEY_LEN: usize = 255;
+/// How long the broker may take to confirm a request's messages before it answers 503.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything the API needs.
+pub struct IngestConfig {
+    pub topology: Topology,
+    pub amqp_url: String,
+    pub tokens: Tokens,
+    /// `Idempotency-Key` records live this long.
+    pub idempotency_window: Duration,
+    /// Largest request body, bytes (`WARREN_MAX_BODY`).
+    pub max_body: usize,
+    /// PostgreSQL (only requests with an `Idempotency-Key` use it).
+    pub pool: sqlx::PgPool,
+    /// Its `broker` check follows the RabbitMQ connection.
+    pub health: Health,
+}
+
+struct AppState {
+    topology: Topology,
+    tokens: Tokens,
+    store: Store,
+    broker: Arc<SharedBroker>,
+    health: Health,
+    max_body: usize,
+}
+
+type Shared = Arc<AppState>;
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
+/// flight and closes the broker connection.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: IngestConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    metrics::describe_counter!(REQUESTS, "Ingest API requests answered, by status");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Ingest API request wall time"
+    );
+    let broker = Arc::new(SharedBroker::new(
+        cfg.amqp_url.clone(),
+        "ingest",
+        cfg.topology.clone(),
+        cfg.health.clone(),
+    ));
+    let store = Store::new(cfg.pool.clone(), cfg.idempotency_window);
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(
+        broker
+            .clone()
+            .watch(Duration::from_secs(1), stop.clone().cancelled_owned()),
+    );
+    let pruner = tokio::spawn(prune_loop(store.clone(), stop.clone()));
+    let state = Arc::new(AppState {
+        topology: cfg.topology,
+        tokens: cfg.tokens,
+        store,
+        broker: broker.clone(),
+        health: cfg.health,
+        max_body: cfg.max_body,
+    });
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    stop.cancel();
+    let _ = watcher.await;
+    pruner.abort();
+    broker.close().await;
+    result
+}
+
+/// The routes: the API (authenticated, measured) plus `/openapi.json`, `/healthz` and
+/// `/readyz` without authentication.
+fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/v1/jobs", post(post_batch))
+        .route("/v1/jobs/{task}", post(post_one))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn(measure))
+        .layer(DefaultBodyLimit::max(state.max_body));
+    Router::new()
+        .merge(api)
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An API error: `{error, message, path?}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub path: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            path: None,
+        }
+    }
+
+    fn at(mut self, path: Option<String>) -> Self {
+        self.path = path;
+        self
+    }
+
+    fn body(&self) -> String {
+        let mut v = json!({"error": self.code, "message": self.message});
+        if let Some(p) = &self.path {
+            v["path"] = p.clone().into();
+        }
+        v.to_string()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = json_response(self.status, self.body());
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn measure(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(REQUESTS, "status" => status.clone()).increment(1);
+    metrics::histogram!(REQUEST_DURATION, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// 401 without a bearer token, 403 with one that is not accepted. The token is never
+/// logged.
+async fn authenticate(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let Some(presented) = presented else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an API token as `Authorization: Bearer <token>`",
+        )
+        .into_response();
+    };
+    match st.tokens.check(presented) {
+        Some(scope) => {
+            req.extensions_mut().insert(scope);
+            next.run(req).await
+        }
+        None => {
+            tracing::warn!("request with an unknown API token refused (403)");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the API token is not accepted",
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, OPENAPI.to_owned())
+}
+
+async fn readyz(State(st): State<Shared>) -> Response {
+    let up = st.health.is_up("broker");
+    let code = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(code, json!({ "broker": up }).to_string())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see GET /openapi.json",
+    )
+}
+
+/// One job to publish.
+struct Job {
+    task: String,
+    body: Vec<u8>,
+    opts: PublishOptions,
+}
+
+/// A batch item.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item {
+    task: String,
+    payload: serde_json::Value,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+async fn post_one(
+    State(st): State<Shared>,
+    Extension(scope): Extension<Scope>,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(|r| body_rejection(r, st.max_body))?;
+        let idem = header_value(&headers, "idempotency-key")?;
+        let tenant = header_value(&headers, "x-tenant")?;
+        let id = header_value(&headers, "x-job-id")?;
+        check_task(&st.topology, &task, None)?;
+        warren_core::payload::validate(&task, &body).map_err(|e| payload_error(e, None))?;
+        let hash = request_hash(&[
+            format!("/v1/jobs/{task}").as_bytes(),
+            tenant.as_deref().unwrap_or_default().as_bytes(),
+            id.as_deref().unwrap_or_default().as_bytes(),
+            &body,
+        ]);
+        let job = Job {
+            task,
+            body: body.to_vec(),
+            opts: PublishOptions {
+                id,
+                idempotency_key: idem.clone(),
+                tenant,
+                ..Default::default()
+            },
+        };
+        Ok::<_, ApiError>((vec![job], idem, hash))
+    }
+    .await;
+    match result {
+        Ok((jobs, idem, hash)) => accept(&st, &scope, jobs, idem, hash).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn post_batch(
+    State(st): State<Shared>,
+    Extension(scope): Extension<Scope>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(|r| body_rejection(r, st.max_body))?;
+        let idem = header_value(&headers, "idempotency-key")?;
+        let tenant = header_value(&headers, "x-tenant")?;
+        let items: Vec<Item> =
+            warren_core::payload::decode(&body).map_err(|e| payload_error(e, None))?;
+        if items.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_payload",
+                "the batch is empty: send a JSON array of {task, payload, id?, idempotency_key?}",
+            ));
+        }
+        let mut jobs = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            check_task(&st.topology, &item.task, Some(format!("[{i}].task")))?;
+            let bytes = serde_json::to_vec(&item.payload).expect("a JSON value serializes");
+            warren_core::payload::validate(&item.task, &bytes)
+                .map_err(|e| payload_error(e, Some(i)))?;
+            jobs.push(Job {
+                task: item.task,
+                body: bytes,
+                opts: PublishOptions {
+                    id: item.id,
+                    idempotency_key: item.idempotency_key,
+                    tenant: tenant.clone(),
+                    ..Default::default()
+                },
+            });
+        }
+        let hash = request_hash(&[
+            b"/v1/jobs",
+            tenant.as_deref().unwrap_or_default().as_bytes(),
+            &body,
+        ]);
+        Ok::<_, ApiError>((jobs, idem, hash))
+    }
+    .await;
+    match result {
+        Ok((jobs, idem, hash)) => accept(&st, &scope, jobs, idem, hash).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Publishes valid jobs, honouring the `Idempotency-Key`: a replay answers the stored
+/// response; a 5xx gives the key up so the client can retry.
+async fn accept(
+    st: &AppState,
+    scope: &Scope,
+    jobs: Vec<Job>,
+    idem: Option<String>,
+    hash: String,
+) -> Response {
+    let Some(key) = idem else {
+        let (status, body) = publish(st, jobs).await;
+        return json_response(status, body);
+    };
+    if key.len() > MAX_KEY_LEN {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!("Idempotency-Key is longer than {MAX_KEY_LEN} characters"),
+        )
+        .into_response();
+    }
+    match st.store.claim(&scope.0, &key, &hash).await {
+        Ok(Claim::New) => {}
+        Ok(Claim::Replay { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            let mut r = json_response(status, body);
+            r.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return r;
+        }
+        Ok(Claim::Mismatch) => {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different request (task, body, \
+                 X-Tenant or X-Job-Id) within the idempotency window; use a new key",
+            )
+            .into_response()
+        }
+        Ok(Claim::InProgress) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still being processed; retry later",
+            )
+            .into_response()
+        }
+        Err(e) => return database_unavailable(e).into_response(),
+    }
+    let (status, body) = publish(st, jobs).await;
+    let stored = if status.is_server_error() {
+        st.store.release(&scope.0, &key).await
+    } else {
+        st.store
+            .complete(&scope.0, &key, status.as_u16(), &body)
+            .await
+    };
+    if let Err(e) = stored {
+        // The jobs are published; only the record is missing. Say so rather than hide it.
+        tracing::error!(error = %e, "cannot store the Idempotency-Key record");
+        if !status.is_server_error() {
+            return database_unavailable(e).into_response();
+        }
+    }
+    json_response(status, body)
+}
+
+fn database_unavailable(e: sqlx::Error) -> ApiError {
+    tracing::warn!(error = %e, "idempotency store unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        "the Idempotency-Key store (PostgreSQL) is unavailable; retry later with the same key",
+    )
+}
+
+/// Publishes every job and waits for every confirm. Returns the status and JSON body.
+async fn publish(st: &AppState, jobs: Vec<Job>) -> (StatusCode, String) {
+    let link = match st.broker.link().await {
+        Ok(l) => l,
+        Err(e) => return broker_down(&e.to_string()),
+    };
+    let exchange = st.topology.jobs_exchange();
+    let mut accepted = Vec::with_capacity(jobs.len());
+    let mut pending = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        let mut opts = job.opts.clone();
+        let id = opts
+            .id
+            .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
+            .clone();
+        let (_, props) = Producer::envelope(&opts);
+        accepted.push(json!({"id": id, "task": job.task}));
+        pending.push(
+            link.producer
+                .publish_raw(&exchange, &job.task, &job.task, &job.body, props),
+        );
+    }
+    let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(pending)).await;
+    let results = match outcome {
+        Ok(r) => r,
+        Err(_) => {
+            st.broker.reset(link.generation).await;
+            return broker_down("the broker did not confirm in time");
+        }
+    };
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return match e {
+            PublishError::Unroutable { .. } => {
+                let err = ApiError::new(StatusCode::NOT_FOUND, "unknown_task", e.to_string());
+                (err.status, err.body())
+            }
+            PublishError::Broker(ref be) => {
+                // A channel or connection error leaves the link unusable either way.
+                if warren_core::broker::is_connection_error(be) {
+                    tracing::warn!(error = %e, "publish failed: connection lost");
+                } else {
+                    tracing::warn!(error = %e, "publish failed");
+                }
+                st.broker.reset(link.generation).await;
+                broker_down(&e.to_string())
+            }
+            other => broker_down(&other.to_string()),
+        };
+    }
+    tracing::info!(jobs = accepted.len(), "jobs accepted");
+    (
+        StatusCode::ACCEPTED,
+        json!({ "jobs": accepted }).to_string(),
+    )
+}
+
+fn broker_down(why: &str) -> (StatusCode, String) {
+    let e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+        format!(
+            "the job was not accepted: {why}. Retry later (with the same Idempotency-Key or job \
+             ids, a retry is harmless)"
+        ),
+    );
+    (e.status, e.body())
+}
+
+fn body_rejection(r: BytesRejection, max_body: usize) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is larger than {max_body} bytes (WARREN_MAX_BODY / --max-body)"
+            ),
+        )
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+    }
+}
+
+fn header_value(h: &HeaderMap, name: &'static str) -> Result<Option<String>, ApiError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                format!("the {name} header must be non-empty visible ASCII"),
+            )),
+        },
+    }
+}
+
+fn check_task(topology: &Topology, task: &str, path: Option<String>) -> Result<(), ApiError> {
+    if topology.queues().iter().any(|q| q.receives(task)) {
+        return Ok(());
+    }
+    let known: Vec<String> = topology
+        .queues()
+        .iter()
+        .map(|q| format!("{} ({})", q.name, q.bindings.join(", ")))
+        .collect();
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_task",
+        format!(
+            "no queue receives task {task:?}; queues and the tasks they receive: {}",
+            known.join("; ")
+        ),
+    )
+    .at(path))
+}
+
+/// 400 for a body that is not JSON, 422 (with the path) for one that does not fit. In a
+/// batch, paths are prefixed with the item (`[2].payload.ms`).
+fn payload_error(e: warren_core::payload::PayloadError, item: Option<usize>) -> ApiError {
+    if e.is_syntax() {
+        return ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.message);
+    }
+    let path = match item {
+        None => e.path.clone(),
+        Some(i) => Some(match &e.path {
+            Some(p) if p.starts_with('[') => format!("[{i}].payload{p}"),
+            Some(p) => format!("[{i}].payload.{p}"),
+            None => format!("[{i}].payload"),
+        }),
+    };
+    let message = match item {
+        None => e.message,
+        Some(i) => format!("item {i}: {}", e.message),
+    };
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message).at(path)
+}
+
+async fn prune_loop(store: Store, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => match store.prune().await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned expired Idempotency-Key records"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot prune Idempotency-Key records"),
+            },
+        }
+    }
+}
