@@ -5,6 +5,7 @@ mod bench_due;
 mod demo;
 mod dev;
 mod due;
+mod ingest;
 mod migrate;
 mod provider_sim;
 mod publish;
@@ -108,6 +109,9 @@ pub enum Command {
     ProviderSim(provider_sim::ProviderSimArgs),
     /// Publish a job (or N copies) with publisher confirms, now or after a delay.
     Publish(publish::PublishArgs),
+    /// HTTP API to publish jobs: `POST /v1/jobs/{task}` and `POST /v1/jobs` with a bearer
+    /// token, answered once the broker confirmed (docs/ingest.md).
+    Ingest(ingest::IngestArgs),
     /// Publish the transactional outbox (warren_outbox) as rows become due.
     Relay(relay::RelayArgs),
     /// Measure the worker runtime against a bare lapin consumer.
@@ -132,6 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Due(a) => due::run(&g, a).await,
         Command::ProviderSim(a) => provider_sim::run(&g, a).await,
         Command::Publish(a) => publish::run(&g, a).await,
+        Command::Ingest(a) => ingest::run(&g, a).await,
         Command::Relay(a) => relay::run(&g, a).await,
         Command::Bench(a) => bench::run(&g, a).await,
         Command::BenchDue(a) => bench_due::run(&g, a).await,

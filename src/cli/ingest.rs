@@ -1,0 +1,72 @@
+//! `warren ingest`: the HTTP API that publishes jobs (docs/ingest.md).
+
+use super::Global;
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use warren_core::{db, telemetry};
+use warren_producer::ingest::{self, IngestConfig, Tokens};
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// Address the HTTP API listens on (`POST /v1/jobs/{task}`, `POST /v1/jobs`,
+    /// `GET /openapi.json`, `/healthz`, `/readyz`). Port 0 picks a free port and prints it.
+    /// Metrics stay on WARREN_METRICS_ADDR like every role.
+    #[arg(long, env = "WARREN_INGEST_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Accepted API tokens, comma-separated; clients send `Authorization: Bearer <token>`.
+    /// Prefer the env var or --tokens-file: a flag shows in the process list. Tokens are
+    /// never printed or logged.
+    #[arg(long, env = "WARREN_INGEST_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+    /// File with one accepted token per line (blank lines and `#` comments skipped); adds
+    /// to --tokens. At least one token from either source is required.
+    #[arg(long, env = "WARREN_INGEST_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// How long an Idempotency-Key is remembered (per token): a repeat within it answers the
+    /// first response and publishes nothing. Records live in PostgreSQL
+    /// (ingest_idempotency; `warren migrate` creates it).
+    #[arg(long, env = "WARREN_INGEST_IDEMPOTENCY_WINDOW", default_value = "24h",
+          value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+}
+
+pub async fn run(g: &Global, a: IngestArgs) -> anyhow::Result<()> {
+    let tokens = Tokens::load(a.tokens.as_deref(), a.tokens_file.as_deref())?;
+    if a.idempotency_window.is_zero() {
+        anyhow::bail!("--idempotency-window (WARREN_INGEST_IDEMPOTENCY_WINDOW) must be positive");
+    }
+    let topology = g.topology()?;
+    let pool = db::lazy_pool(&g.database_url, 8)?;
+    let health = telemetry::Health::new(&["broker"]);
+    telemetry::serve(g.metrics_addr, health.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (WARREN_INGEST_LISTEN)", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!("ingest listening on http://{addr}");
+    tracing::info!(
+        %addr,
+        tokens = tokens.len(),
+        idempotency_window = ?a.idempotency_window,
+        max_body = g.max_body,
+        namespace = %g.namespace,
+        "ingest API listening"
+    );
+    let shutdown = super::shutdown_on_signals();
+    let cfg = IngestConfig {
+        topology,
+        amqp_url: g.amqp_url.clone(),
+        tokens,
+        idempotency_window: a.idempotency_window,
+        max_body: g.max_body,
+        pool: pool.clone(),
+        health,
+    };
+    ingest::serve(listener, cfg, shutdown.cancelled_owned()).await?;
+    pool.close().await;
+    tracing::info!("ingest stopped");
+    Ok(())
+}
