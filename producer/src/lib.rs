@@ -153,8 +153,7 @@ impl Producer {
             ids.push(id);
             // The futures borrow the producer and the task; body and target move in.
             pending.push_back(async move {
-                self.publish_raw(&exchange, task, task, &body, props)
-                    .await
+                self.publish_raw(&exchange, task, task, &body, props).await
             });
             while pending.len() >= window.max(1) {
                 if let Some(r) = pending.next().await {

@@ -6,8 +6,8 @@ use clap::Args;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use warren_producer::{Producer, PublishOptions};
 use warren_core::outbox::{self, OutboxJob};
+use warren_producer::{Producer, PublishOptions};
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
