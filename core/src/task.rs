@@ -4,6 +4,7 @@
 //! is never derived from a Rust type name, so renaming code never orphans queued jobs.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Does nothing; accepts any JSON object. Operators publish it to check a deployment.
@@ -21,7 +22,7 @@ pub const RENEWAL_APPMAX: &str = "renewal.appmax";
 pub type DemoNoop = serde_json::Map<String, serde_json::Value>;
 
 /// Payload of `demo.sleep`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoSleep {
     /// How long the handler sleeps, in milliseconds.
@@ -29,7 +30,7 @@ pub struct DemoSleep {
 }
 
 /// How `demo.fail` fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailMode {
     /// A retryable error: retried through the delay tiers, then dead-lettered `exhausted`.
@@ -41,9 +42,10 @@ pub enum FailMode {
 }
 
 /// Payload of `demo.fail`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoFail {
+    /// How the job fails: `retryable`, `permanent` or `panic`.
     pub mode: FailMode,
     /// Fail only before this instant; at or after it the job succeeds, so a replay of the
     /// dead letter after `until` goes through.
@@ -55,12 +57,18 @@ pub struct DemoFail {
 /// that ended at `period_end` (the scheduler publishes it; handlers validate it). `attempt`
 /// is the charge attempt of that period: 1 (the default, omitted on the wire) for the
 /// renewal, 2, 3, … for dunning attempts after declines.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewalPayload {
+    /// The subscription to renew (`customer_subscriptions.id`).
     pub subscription_id: uuid::Uuid,
+    /// End of the period being renewed (RFC 3339): the subscription's `current_period_end`
+    /// when the scheduler found it due.
     pub period_end: DateTime<Utc>,
+    /// Charge attempt of the period: 1 (the default) for the renewal, 2, 3, … for dunning
+    /// attempts. The handler dead-letters 0 as permanent, so the schema asks for 1 or more.
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    #[schemars(range(min = 1), extend("default" = 1))]
     pub attempt: u16,
 }
 

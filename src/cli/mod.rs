@@ -11,6 +11,7 @@ mod provider_sim;
 mod publish;
 mod relay;
 mod scheduler;
+mod schemas;
 mod topology;
 mod worker;
 
@@ -124,6 +125,9 @@ pub enum Command {
     /// Demo data: `warren demo seed` creates customers, cards and subscriptions wired to the
     /// provider simulator's card suffixes.
     Demo(demo::DemoArgs),
+    /// Write the JSON Schema of every built-in task's payload (`<task>.json`), or check the
+    /// files against the types with --check.
+    Schemas(schemas::SchemasArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -142,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchDue(a) => bench_due::run(&g, a).await,
         Command::Dev(a) => dev::run(&g, a).await,
         Command::Demo(a) => demo::run(&g, a).await,
+        Command::Schemas(a) => schemas::run(a),
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use std::time::Duration;
 
 /// Payload of `cron.fail-stale-payments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailStale {
     /// A `pending` payment transaction older than this becomes `failed` ("2h", "45m").
@@ -34,7 +34,7 @@ fn default_max_age() -> String {
 }
 
 /// Payload of `cron.prune-job-runs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prune {
     /// Finished `job_runs` rows and cron tick records older than this are deleted ("30d").
