@@ -13,6 +13,26 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/services.sh
 
+# Example clients, run by tests/examples.rs: a Python venv with pika and amqplib for Node,
+# pinned by examples/python/requirements.txt and examples/node/package-lock.json. Each is
+# (re)installed only when missing or when its pin file changed since the last install.
+venv=target/example-clients/venv
+if [[ -x $venv/bin/python ]] && cmp -s examples/python/requirements.txt "$venv/warren-requirements.txt"; then
+  echo "==> example clients: $venv is up to date"
+else
+  echo "==> example clients: python3 -m venv $venv && pip install -r examples/python/requirements.txt"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt
+  cp examples/python/requirements.txt "$venv/warren-requirements.txt"
+fi
+if cmp -s examples/node/package-lock.json examples/node/node_modules/.warren-package-lock.json; then
+  echo "==> example clients: examples/node/node_modules is up to date"
+else
+  echo "==> example clients: npm ci (examples/node)"
+  (cd examples/node && npm ci --no-audit --no-fund)
+  cp examples/node/package-lock.json examples/node/node_modules/.warren-package-lock.json
+fi
+
 echo "==> cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
