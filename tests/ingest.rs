@@ -664,3 +664,79 @@ async fn broker_outage_answers_503_and_recovers() {
     drop(ingest);
     env.cleanup().await;
 }
+
+/// `?delay=` waits in a delay tier (no sooner than asked); a batch item's far `run_at` is
+/// held in the outbox; a bad delay is a 422 naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn delays_wait_in_a_tier_or_in_the_outbox() {
+    let _serial = SERIAL.read().await;
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let ingest = Ingest::start(&env, &[]).await;
+    let started = std::time::Instant::now();
+    let (s, _, v) = ingest
+        .post(
+            "/v1/jobs/demo.noop?delay=2",
+            Some(TOKEN),
+            &[],
+            json!({}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(env.ready(&env.queue("default")).await, 0, "arrived early");
+    let d = env.take(&env.queue("default"), T).await;
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(
+        d.properties.message_id().as_ref().unwrap().as_str(),
+        job_id(&v, 0)
+    );
+
+    let far = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let batch = json!([{"task": "demo.noop", "payload": {}, "id": "far-1", "run_at": far}]);
+    let (s, _, v) = ingest
+        .post("/v1/jobs", Some(TOKEN), &[], batch.to_string())
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM warren_outbox WHERE id = 'far-1' AND published_at IS NULL
+            AND run_at > now() + interval '1 hour'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 1);
+
+    let (s, _, v) = ingest
+        .post(
+            "/v1/jobs/demo.noop?delay=-1",
+            Some(TOKEN),
+            &[],
+            json!({}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["path"], "delay");
+    drop(ingest);
+    env.cleanup().await;
+}
+
+/// `examples/curl/publish.sh` as a user runs it: 202 and a job a worker runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_curl_example_is_accepted() {
+    let _serial = SERIAL.read().await;
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let ingest = Ingest::start(&env, &[]).await;
+    let mut worker = env.worker(&["--queue", "default"]);
+    worker.wait_ready(T).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/curl/publish.sh");
+    let out = Command::new(script)
+        .env("WARREN_INGEST_URL", &ingest.base)
+        .env("WARREN_INGEST_TOKEN", TOKEN)
+        .output()
+        .expect("the example runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    env.wait_status(&job_id(&v, 0), "succeeded", T).await;
+    drop(ingest);
+    env.cleanup().await;
+}

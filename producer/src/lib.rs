@@ -95,7 +95,7 @@ impl Producer {
     /// Where a publish goes: the work exchange, or for a delayed job the delay tier that
     /// holds it. A delay tier is a fanout exchange, so the broker cannot say a task is
     /// unroutable: the topology is asked instead.
-    fn target(&self, task: &str, opts: &PublishOptions) -> Result<String, PublishError> {
+    pub fn exchange_for(&self, task: &str, opts: &PublishOptions) -> Result<String, PublishError> {
         let Some(delay) = opts.delay.filter(|d| !d.is_zero()) else {
             return Ok(self.exchange.clone());
         };
@@ -128,7 +128,7 @@ impl Producer {
         opts: &PublishOptions,
     ) -> Result<String, PublishError> {
         let body = serde_json::to_vec(payload)?;
-        let exchange = self.target(task, opts)?;
+        let exchange = self.exchange_for(task, opts)?;
         let (id, props) = Self::envelope(opts);
         self.publish_raw(&exchange, task, task, &body, props)
             .await?;
@@ -148,7 +148,7 @@ impl Producer {
         let mut pending = FuturesOrdered::new();
         let mut done = 0;
         for (body, opts) in bodies {
-            let exchange = self.target(task, &opts)?;
+            let exchange = self.exchange_for(task, &opts)?;
             let (id, props) = Self::envelope(&opts);
             ids.push(id);
             // The futures borrow the producer and the task; body and target move in.

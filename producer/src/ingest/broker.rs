@@ -172,7 +172,8 @@ impl SharedBroker {
         let _ = setup.close(200, "topology declared".into()).await;
         let producer = Producer::new(&conn, self.topology.jobs_exchange())
             .await
-            .map_err(|e: PublishError| e.to_string())?;
+            .map_err(|e: PublishError| e.to_string())?
+            .with_topology(&self.topology);
         Ok((conn, producer))
     }
 

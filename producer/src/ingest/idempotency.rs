@@ -42,6 +42,11 @@ pub fn request_hash(parts: &[&[u8]]) -> String {
 }
 
 impl Store {
+    /// The PostgreSQL pool (also holds long-delayed jobs in the outbox).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn new(pool: PgPool, window: Duration) -> Self {
         Self { pool, window }
     }

@@ -19,8 +19,8 @@ pub use idempotency::{request_hash, Claim, Store};
 
 use crate::{Producer, PublishError, PublishOptions};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -267,6 +267,40 @@ struct Job {
     task: String,
     body: Vec<u8>,
     opts: PublishOptions,
+    /// Run no sooner than this (from `delay` or `run_at`).
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `?delay=SECONDS` or `?run_at=RFC3339` on the single-job endpoint.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct When {
+    #[serde(default)]
+    delay: Option<f64>,
+    #[serde(default)]
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl When {
+    /// The instant, or a 422 naming `path` (`delay`, `[i].delay`).
+    fn run_at(&self, prefix: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        let invalid = |field: &str, message: &str| {
+            let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_delay", message);
+            e.path = Some(format!("{prefix}{field}"));
+            e
+        };
+        match (self.delay, self.run_at) {
+            (Some(_), Some(_)) => Err(invalid("delay", "give delay or run_at, not both")),
+            (Some(d), None) if !(0.0..=31_536_000.0).contains(&d) => Err(invalid(
+                "delay",
+                "delay is seconds from 0 to 31536000 (one year)",
+            )),
+            (Some(d), None) => Ok(Some(
+                chrono::Utc::now() + chrono::Duration::milliseconds((d * 1000.0).round() as i64),
+            )),
+            (None, at) => Ok(at),
+        }
+    }
 }
 
 /// A batch item.
@@ -279,17 +313,28 @@ struct Item {
     id: Option<String>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(flatten)]
+    when: When,
 }
 
 async fn post_one(
     State(st): State<Shared>,
     Extension(scope): Extension<Scope>,
     Path(task): Path<String>,
+    when: Result<Query<When>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let body = body.map_err(|r| body_rejection(r, st.max_body))?;
+        let Query(when) = when.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("query parameters: only delay (seconds) or run_at (RFC 3339): {e}"),
+            )
+        })?;
+        let run_at = when.run_at("")?;
         let idem = header_value(&headers, "idempotency-key")?;
         let tenant = header_value(&headers, "x-tenant")?;
         let id = header_value(&headers, "x-job-id")?;
@@ -310,6 +355,7 @@ async fn post_one(
                 tenant,
                 ..Default::default()
             },
+            run_at,
         };
         Ok::<_, ApiError>((vec![job], idem, hash))
     }
@@ -345,6 +391,7 @@ async fn post_batch(
             let bytes = serde_json::to_vec(&item.payload).expect("a JSON value serializes");
             warren_core::payload::validate(&item.task, &bytes)
                 .map_err(|e| payload_error(e, Some(i)))?;
+            let run_at = item.when.run_at(&format!("[{i}]."))?;
             jobs.push(Job {
                 task: item.task,
                 body: bytes,
@@ -354,6 +401,7 @@ async fn post_batch(
                     tenant: tenant.clone(),
                     ..Default::default()
                 },
+                run_at,
             });
         }
         let hash = request_hash(&[
@@ -452,21 +500,43 @@ async fn publish(st: &AppState, jobs: Vec<Job>) -> (StatusCode, String) {
         Ok(l) => l,
         Err(e) => return broker_down(&e.to_string()),
     };
-    let exchange = st.topology.jobs_exchange();
+    let longest = st.topology.tiers().last().copied().unwrap_or_default();
     let mut accepted = Vec::with_capacity(jobs.len());
     let mut pending = Vec::with_capacity(jobs.len());
+    let mut held = Vec::new();
+    let producer = &link.producer;
     for job in &jobs {
         let mut opts = job.opts.clone();
         let id = opts
             .id
             .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
             .clone();
-        let (_, props) = Producer::envelope(&opts);
         accepted.push(json!({"id": id, "task": job.task}));
-        pending.push(
-            link.producer
-                .publish_raw(&exchange, &job.task, &job.task, &job.body, props),
-        );
+        let delay = job
+            .run_at
+            .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+            .filter(|d| !d.is_zero());
+        if delay.is_some_and(|d| d > longest) {
+            // Longer than any delay tier: held in PostgreSQL until due (docs/outbox.md).
+            held.push((job, opts));
+            continue;
+        }
+        opts.delay = delay;
+        let exchange = match producer.exchange_for(&job.task, &opts) {
+            Ok(x) => x,
+            Err(e) => return broker_down(&e.to_string()),
+        };
+        let (_, props) = Producer::envelope(&opts);
+        pending.push(async move {
+            producer
+                .publish_raw(&exchange, &job.task, &job.task, &job.body, props)
+                .await
+        });
+    }
+    if !held.is_empty() {
+        if let Err(e) = hold(&st.store, &held).await {
+            return (e.status, e.body());
+        }
     }
     let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(pending)).await;
     let results = match outcome {
@@ -500,6 +570,25 @@ async fn publish(st: &AppState, jobs: Vec<Job>) -> (StatusCode, String) {
         StatusCode::ACCEPTED,
         json!({ "jobs": accepted }).to_string(),
     )
+}
+
+/// Writes long-delayed jobs to the outbox in one transaction.
+async fn hold(store: &Store, held: &[(&Job, PublishOptions)]) -> Result<(), ApiError> {
+    let mut tx = store.pool().begin().await.map_err(database_unavailable)?;
+    for (job, opts) in held {
+        let payload: serde_json::Value = serde_json::from_slice(&job.body).expect("validated JSON");
+        let out = warren_core::outbox::OutboxJob {
+            id: opts.id.clone(),
+            idempotency_key: opts.idempotency_key.clone(),
+            tenant: opts.tenant.clone(),
+            max_attempts: opts.max_attempts,
+            run_at: job.run_at,
+        };
+        warren_core::outbox::insert(&mut *tx, &job.task, &payload, &out)
+            .await
+            .map_err(database_unavailable)?;
+    }
+    tx.commit().await.map_err(database_unavailable)
 }
 
 fn broker_down(why: &str) -> (StatusCode, String) {
