@@ -50,15 +50,20 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         a.jobs, a.tuning.prefetch, a.tuning.ledger_writers, a.rounds
     );
     let (mut bare_rates, mut runtime_rates) = (Vec::new(), Vec::new());
+    let (mut bare_cpu, mut runtime_cpu) = (Cpu::default(), Cpu::default());
     let mut rss_kib = 0;
     for round in 1..=a.rounds {
         publish(&producer, &run_id, round, "bare", a.jobs).await?;
+        let cpu = Cpu::now(&pool).await;
         let t = bare_drain(&conn, &queue, a.tuning.prefetch, a.jobs).await?;
+        let used = Cpu::now(&pool).await.minus(&cpu);
+        bare_cpu.add(&used);
         let bare = a.jobs as f64 / t.as_secs_f64();
         println!(
-            "round {round}: bare lapin consumer  {:>9.0} jobs/s ({:.2}s)",
+            "round {round}: bare lapin consumer  {:>9.0} jobs/s ({:.2}s; {})",
             bare,
-            t.as_secs_f64()
+            t.as_secs_f64(),
+            used.per_job(a.jobs)
         );
         bare_rates.push(bare);
 
@@ -81,6 +86,7 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let started = Instant::now();
+        let cpu = Cpu::now(&pool).await;
         while succeeded(&metrics.render()) - before < a.jobs as f64 {
             tokio::time::sleep(Duration::from_millis(10)).await;
             anyhow::ensure!(
@@ -90,14 +96,17 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
             );
         }
         let t = started.elapsed();
+        let used = Cpu::now(&pool).await.minus(&cpu);
+        runtime_cpu.add(&used);
         rss_kib = rss_kib.max(proc_status_kib("VmRSS"));
         shutdown.cancel();
         handle.await??;
         let rt = a.jobs as f64 / t.as_secs_f64();
         println!(
-            "round {round}: warren worker runtime {:>9.0} jobs/s ({:.2}s)",
+            "round {round}: warren worker runtime {:>9.0} jobs/s ({:.2}s; {})",
             rt,
-            t.as_secs_f64()
+            t.as_secs_f64(),
+            used.per_job(a.jobs)
         );
         runtime_rates.push(rt);
     }
@@ -113,6 +122,9 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         a.rounds
     );
     println!("ratio               : {:.1}%", 100.0 * rt / bare);
+    let all = a.jobs * u64::from(a.rounds);
+    println!("CPU, bare           : {}", bare_cpu.per_job(all));
+    println!("CPU, runtime        : {}", runtime_cpu.per_job(all));
     println!(
         "job ledger          : {rows:.0} rows in {commits:.0} group commits (mean {:.1} rows/commit)",
         rows / commits.max(1.0)
@@ -209,6 +221,103 @@ fn ledger_stats(text: &str) -> (f64, f64) {
         metric_sum(text, "warren_ledger_batch_size_sum", &[]),
         metric_sum(text, "warren_ledger_batch_size_count", &[]),
     )
+}
+
+/// CPU seconds (user + system) used so far by this process, by the PostgreSQL backends
+/// connected to the benchmark's database (other databases' work and the server's background
+/// processes, such as the WAL writer, are left out) and by RabbitMQ (`beam.smp`, whoever it
+/// serves), from `/proc` (Linux; zeros elsewhere).
+#[derive(Default, Clone)]
+struct Cpu {
+    own: f64,
+    backends: std::collections::HashMap<u32, f64>,
+    postgres: f64,
+    rabbitmq: f64,
+}
+
+impl Cpu {
+    async fn now(pool: &sqlx::PgPool) -> Self {
+        let mut c = Cpu {
+            own: proc_cpu_secs("self"),
+            ..Default::default()
+        };
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        for pid in pids {
+            let secs = proc_cpu_secs(&pid.to_string());
+            c.backends.insert(pid as u32, secs);
+            c.postgres += secs;
+        }
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return c;
+        };
+        for e in dir.flatten() {
+            let pid = e.file_name();
+            let Some(pid) = pid
+                .to_str()
+                .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if let Ok("beam.smp\n") =
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).as_deref()
+            {
+                c.rabbitmq += proc_cpu_secs(pid);
+            }
+        }
+        c
+    }
+
+    /// What was used since `before`. A backend that connected meanwhile counts from zero;
+    /// one that exited meanwhile takes its time with it.
+    fn minus(&self, before: &Cpu) -> Cpu {
+        let postgres = self
+            .backends
+            .iter()
+            .map(|(pid, now)| now - before.backends.get(pid).copied().unwrap_or(0.0))
+            .sum();
+        Cpu {
+            own: self.own - before.own,
+            backends: Default::default(),
+            postgres,
+            rabbitmq: (self.rabbitmq - before.rabbitmq).max(0.0),
+        }
+    }
+
+    fn add(&mut self, o: &Cpu) {
+        self.own += o.own;
+        self.postgres += o.postgres;
+        self.rabbitmq += o.rabbitmq;
+    }
+
+    fn per_job(&self, jobs: u64) -> String {
+        let us = |s: f64| s * 1e6 / jobs.max(1) as f64;
+        format!(
+            "CPU µs/job: warren {:.1}, postgres {:.1}, rabbitmq {:.1}",
+            us(self.own),
+            us(self.postgres),
+            us(self.rabbitmq)
+        )
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat` in seconds (clock ticks of 1/100 s); 0 if unreadable.
+fn proc_cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks = |x: Option<&str>| x.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (u, s) = (ticks(f.next()), ticks(f.next()));
+    (u + s) as f64 / 100.0
 }
 
 fn mean(v: &[f64]) -> f64 {
