@@ -102,11 +102,11 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, 
     let span = tracing::info_span!("job", %job_id, %task, queue = %queue.name, attempt,
         tenant = tenant.as_deref(), traceparent = traceparent.as_deref());
     let job = Job {
-        key: JobKey {
+        key: Arc::new(JobKey {
             job_id,
             task,
             queue: queue.name.clone(),
-        },
+        }),
         attempt,
         tenant,
         d,
@@ -364,7 +364,7 @@ async fn dead_letter(
 /// One delivery and what the runtime read from its envelope once.
 struct Job {
     d: Delivery,
-    key: JobKey,
+    key: Arc<JobKey>,
     /// `x-attempt`, 1 on the first attempt.
     attempt: u32,
     tenant: Option<String>,

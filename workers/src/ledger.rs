@@ -14,13 +14,20 @@
 //! and checks as `unnest` arrays in a CTE), so a batch costs one round trip and one commit.
 //! Under load the batches grow by themselves.
 //!
-//! When PostgreSQL fails, the writer keeps the batch and retries with capped backoff,
-//! marking the `database` health check down. Callers simply wait: no ack, no nack, so a
-//! database outage holds at most `prefetch` deliveries per queue and burns no delivery
-//! limits. Work resumes on its own when PostgreSQL returns.
+//! Each writer keeps one connection out of the pool for as long as it works: the statement
+//! is prepared once per connection (no parse per batch) and no liveness ping precedes each
+//! batch, as it would on every pool checkout. The connection plans the statement afresh for
+//! each batch (`plan_cache_mode = force_custom_plan`), so a plan chosen while the table was
+//! small (a sequential scan for the check) is never kept as the table grows.
+//!
+//! When PostgreSQL fails, the writer drops its connection, keeps the batch and retries with
+//! capped backoff on a new one, marking the `database` health check down. Callers simply
+//! wait: no ack, no nack, so a database outage holds at most `prefetch` deliveries per queue
+//! and burns no delivery limits. Work resumes on its own when PostgreSQL returns.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,9 +90,9 @@ pub struct Finish {
 pub struct LedgerClosed;
 
 enum Op {
-    Check(JobKey, oneshot::Sender<Check>),
-    Mark(JobKey, oneshot::Sender<()>),
-    Finish(JobKey, Finish, oneshot::Sender<()>),
+    Check(Arc<JobKey>, oneshot::Sender<Check>),
+    Mark(Arc<JobKey>, oneshot::Sender<()>),
+    Finish(Arc<JobKey>, Finish, oneshot::Sender<()>),
 }
 
 impl Op {
@@ -127,15 +134,15 @@ impl Ledger {
         rx.await.map_err(|_| LedgerClosed)
     }
 
-    pub async fn check(&self, key: JobKey) -> Result<Check, LedgerClosed> {
+    pub async fn check(&self, key: Arc<JobKey>) -> Result<Check, LedgerClosed> {
         self.call(|tx| Op::Check(key, tx)).await
     }
 
-    pub async fn mark_running(&self, key: JobKey) -> Result<(), LedgerClosed> {
+    pub async fn mark_running(&self, key: Arc<JobKey>) -> Result<(), LedgerClosed> {
         self.call(|tx| Op::Mark(key, tx)).await
     }
 
-    pub async fn finish(&self, key: JobKey, finish: Finish) -> Result<(), LedgerClosed> {
+    pub async fn finish(&self, key: Arc<JobKey>, finish: Finish) -> Result<(), LedgerClosed> {
         self.call(|tx| Op::Finish(key, finish, tx)).await
     }
 }
@@ -144,9 +151,36 @@ const IDLE_PROBE: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Batch {
-    checks: Vec<(JobKey, oneshot::Sender<Check>)>,
-    marks: Vec<(JobKey, oneshot::Sender<()>)>,
-    finishes: Vec<(JobKey, Finish, oneshot::Sender<()>)>,
+    checks: Vec<(Arc<JobKey>, oneshot::Sender<Check>)>,
+    marks: Vec<(Arc<JobKey>, oneshot::Sender<()>)>,
+    finishes: Vec<(Arc<JobKey>, Finish, oneshot::Sender<()>)>,
+}
+
+/// A writer's connection, taken from the pool on first use and kept until it fails.
+struct Conn {
+    pool: PgPool,
+    held: Option<PoolConnection<Postgres>>,
+}
+
+impl Conn {
+    async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        if self.held.is_none() {
+            let mut c = self.pool.acquire().await?;
+            sqlx::query("SET plan_cache_mode = force_custom_plan")
+                .execute(&mut *c)
+                .await?;
+            self.held = Some(c);
+        }
+        Ok(self.held.as_mut().expect("just set"))
+    }
+
+    /// Forgets a connection that failed (or whose session state is in doubt): it is closed
+    /// rather than returned to the pool, and the next use takes a new one.
+    fn discard(&mut self) {
+        if let Some(c) = self.held.take() {
+            drop(c.detach());
+        }
+    }
 }
 
 async fn writer(
@@ -155,6 +189,7 @@ async fn writer(
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
     max_batch: usize,
 ) {
+    let mut conn = Conn { pool, held: None };
     let mut carry: Vec<Op> = Vec::new();
     let mut buf: Vec<Op> = Vec::with_capacity(max_batch);
     loop {
@@ -168,7 +203,13 @@ async fn writer(
                 Ok(_) => {}
                 Err(_) => {
                     // Idle: keep the database health check honest.
-                    let up = sqlx::query("SELECT 1").execute(&pool).await.is_ok();
+                    let up = match conn.get().await {
+                        Ok(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !up {
+                        conn.discard();
+                    }
                     health.set("database", up);
                     continue;
                 }
@@ -186,10 +227,13 @@ async fn writer(
         }
         // One op per job id per statement (a row cannot change twice in one statement):
         // a second op for the same id waits for the next batch, keeping their order.
-        let mut seen = HashSet::new();
+        let later: Vec<bool> = {
+            let mut seen = HashSet::with_capacity(buf.len());
+            buf.iter().map(|op| !seen.insert(op.job_id())).collect()
+        };
         let mut batch = Batch::default();
-        for op in buf.drain(..) {
-            if !seen.insert(op.job_id().to_owned()) {
+        for (op, later) in buf.drain(..).zip(later) {
+            if later {
                 carry.push(op);
                 continue;
             }
@@ -204,9 +248,14 @@ async fn writer(
 
         let mut backoff = Duration::from_millis(100);
         let succeeded = loop {
-            match write(&pool, &batch).await {
+            let written = match conn.get().await {
+                Ok(c) => write(c, &batch).await,
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(ids) => break ids,
                 Err(e) => {
+                    conn.discard();
                     health.set("database", false);
                     metrics::counter!(names::LEDGER_ERRORS).increment(1);
                     let hint = match &e {
@@ -241,7 +290,7 @@ async fn writer(
 }
 
 /// Runs a whole batch as one statement; returns the checked job ids that already succeeded.
-async fn write(pool: &PgPool, b: &Batch) -> Result<HashSet<String>, sqlx::Error> {
+async fn write(conn: &mut PgConnection, b: &Batch) -> Result<HashSet<String>, sqlx::Error> {
     let f = &b.finishes;
     let ids: Vec<&str> = f.iter().map(|x| x.0.job_id.as_str()).collect();
     let tasks: Vec<&str> = f.iter().map(|x| x.0.task.as_str()).collect();
@@ -292,10 +341,8 @@ async fn write(pool: &PgPool, b: &Batch) -> Result<HashSet<String>, sqlx::Error>
     .bind(&mark_tasks)
     .bind(&mark_queues)
     .bind(&check_ids)
-    // Planned per batch: a cached generic plan made while the table was empty would keep
-    // scanning it sequentially as it grows.
-    .persistent(false)
-    .fetch_all(pool)
+    // Prepared once per connection, planned per batch (see the module docs).
+    .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
