@@ -13,6 +13,7 @@ use lapin::options::BasicNackOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,14 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// In the order of their discriminants.
+    const ALL: [Outcome; 4] = [
+        Self::Succeeded,
+        Self::Retried,
+        Self::DeadLettered,
+        Self::Duplicate,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Succeeded => "succeeded",
@@ -69,25 +78,76 @@ enum Failure {
     Panic(String),
 }
 
-struct InFlight(String);
+/// A queue's metric handles, registered once (and once per task as tasks appear) instead of
+/// being looked up by name and labels, with the label strings allocated, on every delivery.
+pub(crate) struct QueueMetrics {
+    queue: String,
+    in_flight: metrics::Gauge,
+    tasks: std::sync::RwLock<HashMap<String, Arc<TaskMetrics>>>,
+}
+
+struct TaskMetrics {
+    /// `JOBS_PROCESSED`, indexed by [`Outcome`].
+    processed: [metrics::Counter; 4],
+    duration: metrics::Histogram,
+}
+
+impl QueueMetrics {
+    pub(crate) fn new(queue: &str) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            in_flight: metrics::gauge!(names::JOBS_IN_FLIGHT, "queue" => queue.to_owned()),
+            tasks: Default::default(),
+        }
+    }
+
+    fn task(&self, task: &str) -> Arc<TaskMetrics> {
+        if let Some(m) = self.tasks.read().expect("not poisoned").get(task) {
+            return m.clone();
+        }
+        let counter = |o: Outcome| {
+            metrics::counter!(names::JOBS_PROCESSED, "queue" => self.queue.clone(),
+                "task" => task.to_owned(), "outcome" => o.as_str())
+        };
+        let m = Arc::new(TaskMetrics {
+            processed: Outcome::ALL.map(counter),
+            duration: metrics::histogram!(names::JOB_DURATION, "queue" => self.queue.clone(),
+                "task" => task.to_owned()),
+        });
+        self.tasks
+            .write()
+            .expect("not poisoned")
+            .entry(task.to_owned())
+            .or_insert(m)
+            .clone()
+    }
+}
+
+struct InFlight(metrics::Gauge);
 
 impl InFlight {
-    fn enter(queue: &str) -> Self {
-        metrics::gauge!(names::JOBS_IN_FLIGHT, "queue" => queue.to_owned()).increment(1.0);
-        Self(queue.to_owned())
+    fn enter(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(names::JOBS_IN_FLIGHT, "queue" => self.0.clone()).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
 /// Processes one delivery to the end (see the module docs). The ack itself goes through the
 /// channel's ack batcher.
-pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, acks: AckSender) {
-    let _gauge = InFlight::enter(&queue.name);
+pub(crate) async fn handle(
+    s: Arc<Session>,
+    queue: Arc<WorkQueue>,
+    m: Arc<QueueMetrics>,
+    d: Delivery,
+    acks: AckSender,
+) {
+    let _gauge = InFlight::enter(&m.in_flight);
     let headers = d.properties.headers().as_ref();
     let task = d.routing_key.as_str().to_owned();
     let job_id = match d.properties.message_id() {
@@ -112,27 +172,30 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, 
         d,
     };
     async move {
-        let result = process(&s, &queue, &job).await;
-        let (d, key) = (&job.d, &job.key);
+        let tm = m.task(&job.key.task);
+        let result = process(&s, &queue, &job, &tm).await;
+        let d = &job.d;
         match result {
             Ok(outcome) => {
-                metrics::counter!(names::JOBS_PROCESSED, "queue" => queue.name.clone(),
-                    "task" => key.task.clone(), "outcome" => outcome.as_str())
-                .increment(1);
+                tm.processed[outcome as usize].increment(1);
                 acks.send(AckEvent::Done(d.delivery_tag));
             }
             Err(Abandon::Publish(e)) if !e.is_retryable() => {
                 // The consequence cannot be routed (topology damaged?). Requeue after a
-                // pause rather than lose the job; the delivery limit ends a loop.
-                tracing::error!(error = %e, "cannot publish retry/dead letter; requeueing in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                // pause rather than lose the job; the delivery limit ends a loop. Boxed, like
+                // every rare path: the job future stays small, and spawning it copies less.
+                Box::pin(async {
+                    tracing::error!(error = %e, "cannot publish retry/dead letter; requeueing in 5s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let _ = d
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                })
+                .await;
                 acks.send(AckEvent::Settled(d.delivery_tag));
             }
             Err(e) => tracing::warn!(error = %e, "delivery left unacked; it will be redelivered"),
@@ -142,7 +205,12 @@ pub(crate) async fn handle(s: Arc<Session>, queue: Arc<WorkQueue>, d: Delivery, 
     .await
 }
 
-async fn process(s: &Session, queue: &WorkQueue, job: &Job) -> Result<Outcome, Abandon> {
+async fn process(
+    s: &Session,
+    queue: &WorkQueue,
+    job: &Job,
+    tm: &TaskMetrics,
+) -> Result<Outcome, Abandon> {
     let (d, key, attempt) = (&job.d, &job.key, job.attempt);
     let headers = d.properties.headers().as_ref();
 
@@ -223,7 +291,7 @@ async fn process(s: &Session, queue: &WorkQueue, job: &Job) -> Result<Outcome, A
         _ = &mut mark => {
             // The mark must commit before the finish is queued, or a later batch could
             // apply them out of order; the handler keeps running meanwhile.
-            let (marked, r) = tokio::join!(s.ledger.mark_running(key.clone()), &mut run);
+            let (marked, r) = tokio::join!(Box::pin(s.ledger.mark_running(key.clone())), &mut run);
             marked?;
             ran.delta = 0;
             r
@@ -235,9 +303,7 @@ async fn process(s: &Session, queue: &WorkQueue, job: &Job) -> Result<Outcome, A
         Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
         Err(_) => Err(Failure::Timeout(timeout)),
     };
-    metrics::histogram!(names::JOB_DURATION, "queue" => queue.name.clone(),
-        "task" => key.task.clone())
-    .record(started.elapsed().as_secs_f64());
+    tm.duration.record(started.elapsed().as_secs_f64());
 
     let (error, retryable, exhausted_kind) = match result {
         Ok(()) => {
@@ -296,7 +362,22 @@ impl Attempt {
     }
 }
 
-async fn retry(
+/// Retries and dead letters are rare next to successes: their futures (a publish with its
+/// properties, a ledger finish) are boxed so that they do not make every job's future, which
+/// is moved when spawned, larger.
+type Rare<'a> = futures::future::BoxFuture<'a, Result<Outcome, Abandon>>;
+
+fn retry<'a>(
+    s: &'a Session,
+    job: &'a Job,
+    ran: &'a Attempt,
+    policy: &'a crate::RetryPolicy,
+    error: &'a str,
+) -> Rare<'a> {
+    Box::pin(retry_inner(s, job, ran, policy, error))
+}
+
+async fn retry_inner(
     s: &Session,
     job: &Job,
     ran: &Attempt,
@@ -321,7 +402,18 @@ async fn retry(
     Ok(Outcome::Retried)
 }
 
-async fn dead_letter(
+fn dead_letter<'a>(
+    s: &'a Session,
+    queue: &'a WorkQueue,
+    job: &'a Job,
+    ran: &'a Attempt,
+    kind: DeadLetterKind,
+    error: &'a str,
+) -> Rare<'a> {
+    Box::pin(dead_letter_inner(s, queue, job, ran, kind, error))
+}
+
+async fn dead_letter_inner(
     s: &Session,
     queue: &WorkQueue,
     job: &Job,

@@ -319,6 +319,7 @@ async fn consume(
     stop: CancellationToken,
     acks: crate::acks::AckSender,
 ) -> Result<Consumer, WorkerError> {
+    let metrics = Arc::new(execute::QueueMetrics::new(&queue.name));
     loop {
         tokio::select! {
             biased;
@@ -330,6 +331,7 @@ async fn consume(
                     tracker.spawn(Box::pin(execute::handle(
                         session.clone(),
                         queue.clone(),
+                        metrics.clone(),
                         delivery,
                         acks.clone(),
                     )));
