@@ -15,10 +15,10 @@
 //! Under load the batches grow by themselves.
 //!
 //! Each writer keeps one connection out of the pool for as long as it works: the statement
-//! is prepared once per connection (no parse per batch) and no liveness ping precedes each
-//! batch, as it would on every pool checkout. The connection plans the statement afresh for
-//! each batch (`plan_cache_mode = force_custom_plan`), so a plan chosen while the table was
-//! small (a sequential scan for the check) is never kept as the table grows.
+//! is prepared once per connection and planned once (a generic plan), and no liveness ping
+//! precedes each batch, as it would on every pool checkout. The plan's only choice is how to
+//! find the checked ids; the connection runs with `enable_seqscan = off` so that it is always
+//! the primary key, even for a plan made while the table was small and cheap to scan.
 //!
 //! When PostgreSQL fails, the writer drops its connection, keeps the batch and retries with
 //! capped backoff on a new one, marking the `database` health check down. Callers simply
@@ -166,9 +166,12 @@ impl Conn {
     async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
         if self.held.is_none() {
             let mut c = self.pool.acquire().await?;
-            sqlx::query("SET plan_cache_mode = force_custom_plan")
-                .execute(&mut *c)
-                .await?;
+            for set in [
+                "SET plan_cache_mode = force_generic_plan",
+                "SET enable_seqscan = off",
+            ] {
+                sqlx::query(set).persistent(false).execute(&mut *c).await?;
+            }
             self.held = Some(c);
         }
         Ok(self.held.as_mut().expect("just set"))
@@ -341,7 +344,7 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<HashSet<String>, sq
     .bind(&mark_tasks)
     .bind(&mark_queues)
     .bind(&check_ids)
-    // Prepared once per connection, planned per batch (see the module docs).
+    // Prepared and planned once per connection (see the module docs).
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
