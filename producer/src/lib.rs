@@ -13,6 +13,7 @@
 //! Delays longer than the longest tier belong in the outbox (`warren_outbox.run_at`), which
 //! holds them in PostgreSQL.
 
+pub mod broker;
 pub mod ingest;
 
 use futures::stream::{FuturesOrdered, StreamExt};

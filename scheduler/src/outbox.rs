@@ -15,12 +15,12 @@
 //! `last_error`, and a `run_at` pushed back exponentially (up to an hour): it stays visible
 //! in the table and never blocks the rows behind it.
 
-use crate::run::Broker;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_core::telemetry::Health;
+use warren_producer::broker::SharedBroker;
 use warren_producer::{Producer, PublishError, PublishOptions};
 
 /// Most retry backoff for a row that cannot be published.
@@ -142,27 +142,26 @@ pub async fn relay_batch(
 /// How a relay runs.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    pub amqp_url: String,
-    pub jobs_exchange: String,
     /// Rows per transaction.
     pub batch: i64,
     /// Pause between polls when nothing is due.
     pub interval: Duration,
 }
 
-/// Relays until `shutdown`: whole batches back to back while rows are due, then a poll
-/// every `interval`.
+/// Relays until `shutdown`, publishing through `broker` into its topology's jobs exchange:
+/// whole batches back to back while rows are due, then a poll every `interval`.
 pub async fn run_relay(
     cfg: RelayConfig,
     pool: PgPool,
+    broker: &SharedBroker,
     health: Health,
     shutdown: CancellationToken,
 ) {
-    let mut broker = Broker::new(&cfg.amqp_url, &cfg.jobs_exchange, "relay");
+    let exchange = broker.topology().jobs_exchange();
     loop {
         let mut pause = cfg.interval;
-        if let Some(producer) = broker.producer("outbox").await {
-            match relay_batch(&pool, producer, &cfg.jobs_exchange, cfg.batch).await {
+        if let Ok(link) = broker.link().await {
+            match relay_batch(&pool, &link.producer, &exchange, cfg.batch).await {
                 Ok(r) => {
                     health.set("database", true);
                     if r.published > 0 || r.deferred > 0 {
@@ -182,7 +181,7 @@ pub async fn run_relay(
                 }
                 Err(RelayError::Publish(e)) => {
                     tracing::warn!(error = %e, "outbox relay lost the broker; reconnecting");
-                    broker.reset();
+                    broker.reset(link.generation).await;
                 }
             }
         }
@@ -191,5 +190,4 @@ pub async fn run_relay(
             _ = tokio::time::sleep(pause) => {}
         }
     }
-    broker.close().await;
 }

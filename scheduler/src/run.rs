@@ -2,7 +2,7 @@
 //!
 //! Standbys try for the lock every `leader_retry`; the leader checks its lock connection
 //! every second and steps down the moment it is gone. The broker connection is opened only
-//! by the leader, only when a pass publishes (`Broker`), and reopened after a failure.
+//! by the leader, only when a pass publishes ([`SharedBroker`]), and reopened after a failure.
 
 use crate::due::{self, DueKind, ProviderFlags};
 use crate::leader::{lock_key, Leadership};
@@ -10,16 +10,14 @@ use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warren_core::telemetry::{names, Health};
-use warren_producer::Producer;
+use warren_producer::broker::SharedBroker;
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    pub amqp_url: String,
     pub database_url: String,
-    /// Namespace: names the jobs exchange and scopes the leader lock.
+    /// Namespace: scopes the leader lock.
     pub namespace: String,
-    pub jobs_exchange: String,
     pub scan_interval: Duration,
     /// Subscriptions per page (and per enqueue transaction).
     pub page_size: i64,
@@ -40,11 +38,16 @@ impl SchedulerConfig {
     }
 }
 
-/// Runs until `shutdown`.
-pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: CancellationToken) {
+/// Runs until `shutdown`, publishing through `broker` (shared with the outbox relay).
+pub async fn run(
+    cfg: SchedulerConfig,
+    pool: PgPool,
+    broker: &SharedBroker,
+    health: Health,
+    shutdown: CancellationToken,
+) {
     let key = lock_key(&cfg.namespace);
     let mut leadership: Option<Leadership> = None;
-    let mut broker = Broker::new(&cfg.amqp_url, &cfg.jobs_exchange, "scheduler");
     let mut next_scan = Instant::now();
     metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
     loop {
@@ -77,11 +80,11 @@ pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: C
                     continue;
                 }
                 if Instant::now() >= next_scan {
-                    scan_all(&cfg, &pool, &mut broker).await;
+                    scan_all(&cfg, &pool, broker).await;
                     next_scan = Instant::now() + cfg.scan_interval;
                 }
                 if !cfg.schedules.is_empty() {
-                    run_cron(&cfg, &pool, &mut broker).await;
+                    run_cron(&cfg, &pool, broker).await;
                 }
                 next_scan
                     .saturating_duration_since(Instant::now())
@@ -98,25 +101,28 @@ pub async fn run(cfg: SchedulerConfig, pool: PgPool, health: Health, shutdown: C
         tracing::info!("released scheduler leadership");
     }
     metrics::gauge!(names::SCHEDULER_IS_LEADER).set(0.0);
-    broker.close().await;
 }
 
-async fn scan_all(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
+async fn scan_all(cfg: &SchedulerConfig, pool: &PgPool, broker: &SharedBroker) {
     for kind in DueKind::ALL {
         let flags = cfg.flags(kind);
         if !flags.enabled {
             continue;
         }
         let publishes = kind.task().is_some() && !flags.dry_run;
-        let producer = if publishes {
-            match broker.producer(kind.label()).await {
-                Some(p) => Some(p),
-                None => continue,
+        let link = if publishes {
+            match broker.link().await {
+                Ok(link) => Some(link),
+                Err(e) => {
+                    tracing::debug!(error = %e, provider = kind.label(), "scan postponed");
+                    continue;
+                }
             }
         } else {
             None
         };
         let started = Instant::now();
+        let producer = link.as_ref().map(|l| &l.producer);
         let result = due::scan(pool, producer, kind, cfg.page_size).await;
         metrics::histogram!(names::SCHEDULER_SCAN_DURATION, "provider" => kind.label())
             .record(started.elapsed().as_secs_f64());
@@ -135,75 +141,28 @@ async fn scan_all(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, provider = kind.label(), "due scan failed; retrying next interval");
-                if matches!(e, due::ScanError::Publish(_)) {
-                    broker.reset();
+                if let (due::ScanError::Publish(_), Some(link)) = (&e, &link) {
+                    broker.reset(link.generation).await;
                 }
             }
         }
     }
 }
 
-async fn run_cron(cfg: &SchedulerConfig, pool: &PgPool, broker: &mut Broker) {
-    let Some(producer) = broker.producer("cron").await else {
-        return;
+async fn run_cron(cfg: &SchedulerConfig, pool: &PgPool, broker: &SharedBroker) {
+    let link = match broker.link().await {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::debug!(error = %e, "cron pass postponed");
+            return;
+        }
     };
-    if let Err(e) = crate::ticks::run_due(pool, producer, &cfg.schedules, chrono::Utc::now()).await
+    if let Err(e) =
+        crate::ticks::run_due(pool, &link.producer, &cfg.schedules, chrono::Utc::now()).await
     {
         tracing::warn!(error = %e, "cron pass failed; retrying next pass");
         if matches!(e, crate::ticks::TickError::Publish(_)) {
-            broker.reset();
-        }
-    }
-}
-
-/// A broker connection opened when a pass first needs to publish, dropped after a publish
-/// failure so the next pass reconnects (the leader's scans and cron, and the outbox relay).
-pub struct Broker {
-    amqp_url: String,
-    exchange: String,
-    role: &'static str,
-    open: Option<(lapin::Connection, Producer)>,
-}
-
-impl Broker {
-    pub fn new(amqp_url: &str, exchange: &str, role: &'static str) -> Self {
-        Self {
-            amqp_url: amqp_url.to_owned(),
-            exchange: exchange.to_owned(),
-            role,
-            open: None,
-        }
-    }
-
-    /// A producer, connecting first if needed; `None` (logged) while RabbitMQ is unreachable.
-    pub async fn producer(&mut self, work: &str) -> Option<&Producer> {
-        if self.open.is_none() {
-            let opened = async {
-                let conn = warren_core::broker::connect(&self.amqp_url, self.role).await?;
-                let producer = Producer::new(&conn, self.exchange.clone()).await?;
-                Ok::<_, warren_producer::PublishError>((conn, producer))
-            };
-            match opened.await {
-                Ok(b) => self.open = Some(b),
-                Err(e) => {
-                    tracing::warn!(error = %e, work, "cannot reach RabbitMQ; postponed to the next pass");
-                    return None;
-                }
-            }
-        }
-        self.open.as_ref().map(|(_, p)| p)
-    }
-
-    /// Drops the connection; the next [`producer`](Self::producer) reconnects.
-    pub fn reset(&mut self) {
-        self.open = None;
-    }
-
-    pub async fn close(self) {
-        if let Some((conn, _)) = self.open {
-            let _ = conn
-                .close(200, format!("{} stopping", self.role).as_str().into())
-                .await;
+            broker.reset(link.generation).await;
         }
     }
 }

@@ -157,6 +157,20 @@ impl Global {
         Ok(Topology::new(&self.namespace, &file)?)
     }
 
+    /// A connect-on-demand publisher into this namespace's topology (scheduler, relay).
+    pub fn shared_broker(
+        &self,
+        role: &'static str,
+        health: &warren_core::telemetry::Health,
+    ) -> anyhow::Result<warren_producer::broker::SharedBroker> {
+        Ok(warren_producer::broker::SharedBroker::new(
+            self.amqp_url.clone(),
+            role,
+            self.topology()?,
+            health.clone(),
+        ))
+    }
+
     pub async fn connect(&self, role: &str) -> anyhow::Result<lapin::Connection> {
         warren_core::broker::connect(&self.amqp_url, role)
             .await

@@ -22,23 +22,23 @@ pub struct RelayArgs {
 }
 
 impl RelayArgs {
-    pub fn config(&self, g: &Global) -> anyhow::Result<RelayConfig> {
-        Ok(RelayConfig {
-            amqp_url: g.amqp_url.clone(),
-            jobs_exchange: g.topology()?.jobs_exchange(),
+    pub fn config(&self) -> RelayConfig {
+        RelayConfig {
             batch: self.relay_batch.into(),
             interval: self.relay_interval,
-        })
+        }
     }
 }
 
 pub async fn run(g: &Global, a: RelayArgs) -> anyhow::Result<()> {
     let health = telemetry::Health::new(&["database"]);
     telemetry::serve(g.metrics_addr, health.clone()).await?;
-    let cfg = a.config(g)?;
+    let cfg = a.config();
     let pool = db::lazy_pool(&g.database_url, 2)?;
+    let broker = g.shared_broker("relay", &health)?;
     tracing::info!(interval = ?cfg.interval, batch = cfg.batch, "outbox relay starting");
-    run_relay(cfg, pool, health, super::shutdown_on_signals()).await;
+    run_relay(cfg, pool, &broker, health, super::shutdown_on_signals()).await;
+    broker.close().await;
     tracing::info!("outbox relay stopped");
     Ok(())
 }

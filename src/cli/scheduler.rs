@@ -77,17 +77,14 @@ pub async fn start(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let file = FileConfig::load(g.config.as_deref())?;
-    let topology = g.topology()?;
     let (pagarme, appmax) = a.providers.resolve(&file);
     let schedules = warren_scheduler::ticks::schedules(&file.cron)?;
     tracing::info!(?pagarme, ?appmax, scan_interval = ?a.scan_interval,
         schedules = schedules.len(), "scheduler starting");
     let pool = db::lazy_pool(&g.database_url, 4)?;
     let cfg = SchedulerConfig {
-        amqp_url: g.amqp_url.clone(),
         database_url: g.database_url.clone(),
         namespace: g.namespace.clone(),
-        jobs_exchange: topology.jobs_exchange(),
         scan_interval: a.scan_interval,
         page_size: a.scan_page.into(),
         pagarme,
@@ -95,17 +92,21 @@ pub async fn start(
         leader_retry: a.leader_retry,
         schedules,
     };
-    // Every replica relays the outbox (rows are shared out by SKIP LOCKED); only the leader scans.
+    // One connection for scans, cron and the relay. Every replica relays the outbox (rows
+    // are shared out by SKIP LOCKED); only the leader scans.
+    let broker = g.shared_broker("scheduler", &health)?;
     let relay = warren_scheduler::outbox::run_relay(
-        a.relay.config(g)?,
+        a.relay.config(),
         pool.clone(),
+        &broker,
         health.clone(),
         shutdown.clone(),
     );
     tokio::join!(
-        warren_scheduler::run::run(cfg, pool, health, shutdown),
+        warren_scheduler::run::run(cfg, pool, &broker, health, shutdown),
         relay
     );
+    broker.close().await;
     tracing::info!("scheduler stopped");
     Ok(())
 }

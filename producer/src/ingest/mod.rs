@@ -10,11 +10,10 @@
 //! `docs/ingest.md` for the whole contract.
 
 mod auth;
-mod broker;
 mod idempotency;
 
+use crate::broker::SharedBroker;
 pub use auth::{Scope, Tokens, TokensError};
-pub use broker::{Link, SharedBroker, Unavailable};
 pub use idempotency::{request_hash, Claim, Store};
 
 use crate::{Producer, PublishError, PublishOptions};

@@ -1,10 +1,10 @@
-//! A connect-on-demand producer shared by concurrent requests.
-//!
-//! The same pattern as the scheduler's `Broker` (open when a publish needs it, drop after a
-//! connection failure so the next publish reconnects), made shareable: a mutex around the
-//! link, a generation number so a request resets only the link it failed on, and a
-//! watcher that keeps `/readyz` and `warren_broker_connected` true to the connection while
-//! no request comes in. Every (re)connect declares the topology, as the worker does.
+//! A connect-on-demand producer for roles that publish now and then (ingest requests, the
+//! scheduler's scans and cron, the outbox relay): the connection opens when a publish needs
+//! it and is dropped after a connection failure so the next publish reconnects. Shareable:
+//! a mutex around the link, a generation number so a caller resets only the link it failed
+//! on, and an optional watcher that keeps `/readyz` and `warren_broker_connected` true to the
+//! connection while nothing publishes. Every (re)connect declares the topology, as the
+//! worker does.
 
 use crate::{Producer, PublishError};
 use lapin::Connection;
@@ -146,16 +146,22 @@ impl SharedBroker {
         }
     }
 
+    /// The topology it declares and publishes into.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     /// Closes the connection (shutdown).
     pub async fn close(&self) {
         let mut st = self.state.lock().await;
         if let Some(link) = st.link.take() {
+            let why = format!("{} stopping", self.role);
             let _ = link
                 .producer
                 .channel()
-                .close(200, "ingest stopping".into())
+                .close(200, why.as_str().into())
                 .await;
-            let _ = link.conn.close(200, "ingest stopping".into()).await;
+            let _ = link.conn.close(200, why.as_str().into()).await;
         }
         self.mark(false);
     }
@@ -180,7 +186,7 @@ impl SharedBroker {
     fn failed(&self, st: &mut State, why: impl Into<String>) -> Unavailable {
         let why = why.into();
         if st.last_failure.is_none() {
-            tracing::warn!(error = %why, "cannot reach RabbitMQ; answering 503 until it is back");
+            tracing::warn!(error = %why, role = self.role, "cannot reach RabbitMQ; publishes wait until it is back");
         }
         st.last_failure = Some((Instant::now(), why.clone()));
         self.mark(false);
