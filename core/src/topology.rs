@@ -209,6 +209,14 @@ impl Topology {
     pub fn tiers(&self) -> &[Duration] {
         &self.tiers
     }
+    /// The longest delay tier: longer delays wait in the outbox, not on the broker.
+    pub fn longest_tier(&self) -> Duration {
+        self.tiers.last().copied().unwrap_or_default()
+    }
+    /// Whether some work queue receives jobs of `task`.
+    pub fn routes(&self, task: &str) -> bool {
+        self.queues.iter().any(|q| q.receives(task))
+    }
 
     /// The topic exchange every job is published to.
     pub fn jobs_exchange(&self) -> String {

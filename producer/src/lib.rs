@@ -22,6 +22,7 @@ use lapin::types::FieldTable;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use warren_core::envelope::{self, json_properties};
@@ -96,25 +97,28 @@ impl Producer {
     /// Where a publish goes: the work exchange, or for a delayed job the delay tier that
     /// holds it. A delay tier is a fanout exchange, so the broker cannot say a task is
     /// unroutable: the topology is asked instead.
-    pub fn exchange_for(&self, task: &str, opts: &PublishOptions) -> Result<String, PublishError> {
+    pub fn exchange_for(
+        &self,
+        task: &str,
+        opts: &PublishOptions,
+    ) -> Result<Cow<'_, str>, PublishError> {
         let Some(delay) = opts.delay.filter(|d| !d.is_zero()) else {
-            return Ok(self.exchange.clone());
+            return Ok(Cow::Borrowed(&self.exchange));
         };
         let topology = self.topology.as_ref().ok_or(PublishError::NoTiers)?;
-        let tiers = topology.tiers();
-        let Some(i) = tiers.iter().position(|t| *t >= delay) else {
+        let Some(i) = topology.tiers().iter().position(|t| *t >= delay) else {
             return Err(PublishError::DelayTooLong {
                 delay,
-                longest: tiers.last().copied().unwrap_or_default(),
+                longest: topology.longest_tier(),
             });
         };
-        if !topology.queues().iter().any(|q| q.receives(task)) {
+        if !topology.routes(task) {
             return Err(PublishError::Unroutable {
                 task: task.to_owned(),
                 exchange: self.exchange.clone(),
             });
         }
-        Ok(topology.tier_name(i))
+        Ok(Cow::Owned(topology.tier_name(i)))
     }
 
     pub fn channel(&self) -> &Channel {

@@ -89,7 +89,7 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
         (None, Some(at)) => Some((at - chrono::Utc::now()).to_std().unwrap_or_default()),
         (None, None) => None,
     };
-    let longest = topology.tiers().last().copied().unwrap_or_default();
+    let longest = topology.longest_tier();
     if let Some(d) = delay.filter(|d| *d > longest) {
         return hold_in_outbox(g, &a, &payload, d, longest, &topology).await;
     }
@@ -146,7 +146,7 @@ async fn hold_in_outbox(
     longest: Duration,
     topology: &warren_core::topology::Topology,
 ) -> anyhow::Result<()> {
-    if !topology.queues().iter().any(|q| q.receives(&a.task)) {
+    if !topology.routes(&a.task) {
         bail!(
             "no queue receives task {:?}; check the task name or add a queue for it in the config file",
             a.task

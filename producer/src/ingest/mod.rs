@@ -499,7 +499,7 @@ async fn publish(st: &AppState, jobs: Vec<Job>) -> (StatusCode, String) {
         Ok(l) => l,
         Err(e) => return broker_down(&e.to_string()),
     };
-    let longest = st.topology.tiers().last().copied().unwrap_or_default();
+    let longest = st.topology.longest_tier();
     let mut accepted = Vec::with_capacity(jobs.len());
     let mut pending = Vec::with_capacity(jobs.len());
     let mut held = Vec::new();
@@ -631,7 +631,7 @@ fn header_value(h: &HeaderMap, name: &'static str) -> Result<Option<String>, Api
 }
 
 fn check_task(topology: &Topology, task: &str, path: Option<String>) -> Result<(), ApiError> {
-    if topology.queues().iter().any(|q| q.receives(task)) {
+    if topology.routes(task) {
         return Ok(());
     }
     let known: Vec<String> = topology
