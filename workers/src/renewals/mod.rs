@@ -768,36 +768,80 @@ async fn mark_unknown(db: &PgPool, key: &str, message: &str) -> Result<(), sqlx:
     .map(|_| ())
 }
 
+/// How an attempt that decided nothing leaves its transaction row.
+#[derive(Clone, Copy)]
+enum Undecided {
+    /// The charge may exist: reconcile before charging again.
+    Unknown,
+    /// The provider refused the request (4xx): nothing was charged.
+    Rejected,
+    /// Nothing was charged and a retry follows; on the job's last attempt a `pending` row
+    /// becomes `failed` so it says why it stopped (a replay reconciles first anyway).
+    Retry { last: bool },
+}
+
+impl Undecided {
+    /// The new `status`, as SQL over the old one.
+    fn status_sql(self) -> &'static str {
+        match self {
+            Self::Unknown => "'unknown'",
+            Self::Rejected => "'rejected'",
+            Self::Retry { last: true } => {
+                "CASE WHEN status = 'pending' THEN 'failed' ELSE status END"
+            }
+            Self::Retry { last: false } => "status",
+        }
+    }
+
+    fn event(self) -> &'static str {
+        match self {
+            Self::Unknown => "renewal.unknown",
+            Self::Rejected => "renewal.rejected",
+            Self::Retry { .. } => "renewal.retry",
+        }
+    }
+}
+
+/// Ends an undecided attempt in one transaction: the row's status and reason (a `paid` row
+/// keeps its own), the key's lease released, and the event.
+async fn settle(
+    db: &PgPool,
+    ev: &Event<'_>,
+    how: Undecided,
+    message: &str,
+) -> Result<(), TaskError> {
+    let mut tx = db.begin().await.map_err(db_err)?;
+    sqlx::query(&format!(
+        "UPDATE payment_transactions
+            SET status = CASE WHEN status = 'paid' THEN status ELSE {} END,
+                failure_reason = CASE WHEN status = 'paid' THEN failure_reason ELSE $2 END,
+                charging_until = NULL, updated_at = now()
+          WHERE idempotency_key = $1",
+        how.status_sql()
+    ))
+    .bind(ev.key)
+    .bind(message)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    event(&mut *tx, ev, how.event(), json!({ "reason": message }))
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)
+}
+
 /// The outcome is not known yet: release the lease and retry (the retry reconciles first).
 async fn unknown<P: Provider>(
     db: &PgPool,
     ev: &Event<'_>,
     message: String,
 ) -> Result<(), TaskError> {
-    mark_unknown(db, ev.key, &message).await.map_err(db_err)?;
-    release(db, ev, "renewal.unknown", &message).await?;
+    settle(db, ev, Undecided::Unknown, &message).await?;
     count(P::LABEL, "unknown");
     Err(TaskError::Retryable(format!(
         "outcome of {} unknown ({message}); will reconcile before charging again",
         ev.key
     )))
-}
-
-/// Releases the key's lease with an event.
-async fn release(db: &PgPool, ev: &Event<'_>, kind: &str, message: &str) -> Result<(), TaskError> {
-    let mut tx = db.begin().await.map_err(db_err)?;
-    sqlx::query(
-        "UPDATE payment_transactions SET charging_until = NULL, updated_at = now()
-          WHERE idempotency_key = $1",
-    )
-    .bind(ev.key)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    event(&mut *tx, ev, kind, json!({ "reason": message }))
-        .await
-        .map_err(db_err)?;
-    tx.commit().await.map_err(db_err)
 }
 
 /// A provider error that decided nothing.
@@ -810,40 +854,15 @@ async fn provider_failed<P: Provider>(
     match e {
         ProviderError::Unknown { message } => unknown::<P>(db, ev, message).await,
         ProviderError::Permanent { .. } => {
-            // The request itself was refused: nothing was charged.
             let message = e.to_string();
-            sqlx::query(
-                "UPDATE payment_transactions SET status = 'rejected', failure_reason = $2,
-                        charging_until = NULL, updated_at = now()
-                  WHERE idempotency_key = $1 AND status <> 'paid'",
-            )
-            .bind(ev.key)
-            .bind(&message)
-            .execute(db)
-            .await
-            .map_err(db_err)?;
-            release(db, ev, "renewal.rejected", &message).await?;
+            settle(db, ev, Undecided::Rejected, &message).await?;
             count(P::LABEL, "rejected");
             Err(TaskError::Permanent(message))
         }
         e => {
             let message = e.to_string();
-            // Nothing was charged. On the last attempt the row says why it stopped; a replay
-            // from the dead-letter queue reconciles and charges again.
             let last = ctx.attempt >= ctx.max_attempts;
-            sqlx::query(
-                "UPDATE payment_transactions
-                    SET status = CASE WHEN $3 AND status = 'pending' THEN 'failed' ELSE status END,
-                        failure_reason = $2, updated_at = now()
-                  WHERE idempotency_key = $1 AND status <> 'paid'",
-            )
-            .bind(ev.key)
-            .bind(&message)
-            .bind(last)
-            .execute(db)
-            .await
-            .map_err(db_err)?;
-            release(db, ev, "renewal.retry", &message).await?;
+            settle(db, ev, Undecided::Retry { last }, &message).await?;
             count(P::LABEL, "retry");
             Err(TaskError::Retryable(message))
         }
