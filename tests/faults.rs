@@ -9,62 +9,10 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn sh(cmd: &str) {
-    let ok = Command::new("bash")
-        .args(["-c", cmd])
-        .status()
-        .expect("bash")
-        .success();
-    assert!(ok, "`{cmd}` failed");
-}
-
-fn pg_ctl(action: &str) -> String {
-    format!("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main {action}")
-}
-
-/// A service stopped for a test; restored when dropped (also when an assertion fails).
-struct Outage {
-    restore: String,
-}
-
-impl Outage {
-    fn new(stop: &str, restore: String) -> Self {
-        sh(stop);
-        Self { restore }
-    }
-
-    /// PostgreSQL down.
-    fn postgres() -> Self {
-        Self::new(
-            &format!("{} -m fast", pg_ctl("stop")),
-            format!(
-                "{} && for i in $(seq 1 100); do pg_isready -q -h 127.0.0.1 && exit 0; \
-                 sleep 0.2; done; exit 1",
-                pg_ctl("start")
-            ),
-        )
-    }
-
-    /// The RabbitMQ application stopped: every connection drops.
-    fn rabbitmq() -> Self {
-        Self::new(
-            "rabbitmqctl -q stop_app",
-            "rabbitmqctl -q start_app && rabbitmqctl -q await_startup".into(),
-        )
-    }
-}
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        sh(&self.restore);
-    }
-}
 
 fn id() -> String {
     uuid::Uuid::now_v7().to_string()

@@ -564,31 +564,6 @@ async fn startup_needs_tokens_and_sigterm_stops() {
     env.cleanup().await;
 }
 
-fn sh(cmd: &str) {
-    let ok = Command::new("bash")
-        .args(["-c", cmd])
-        .status()
-        .expect("bash")
-        .success();
-    assert!(ok, "`{cmd}` failed");
-}
-
-/// RabbitMQ stopped for the guard's lifetime (restarted even when an assertion fails).
-struct RabbitOutage;
-
-impl RabbitOutage {
-    fn start() -> Self {
-        sh("rabbitmqctl -q stop_app");
-        Self
-    }
-}
-
-impl Drop for RabbitOutage {
-    fn drop(&mut self) {
-        sh("rabbitmqctl -q start_app && rabbitmqctl -q await_startup");
-    }
-}
-
 /// 503 while RabbitMQ is down (and /readyz 503), 202 again once it is back, without a
 /// restart of the ingest. A keyed request that got 503 can be retried with the same key.
 #[tokio::test(flavor = "multi_thread")]
@@ -599,7 +574,7 @@ async fn broker_outage_answers_503_and_recovers() {
     let (s, v) = ingest.job("demo.noop", json!({}), &[]).await;
     assert_eq!(s, 202, "{v}");
     {
-        let _down = RabbitOutage::start();
+        let _down = Outage::rabbitmq();
         eventually(T, "/readyz 503 while the broker is down", || async {
             ingest
                 .http
