@@ -20,7 +20,7 @@ impl Appmax {
     pub fn new(client: AppmaxClient, rate_limit: Option<u32>) -> Self {
         Self {
             client,
-            api: Api::new("appmax", rate_limit),
+            api: Api::new(<Self as Provider>::LABEL, rate_limit),
         }
     }
 }
@@ -37,10 +37,6 @@ impl Provider for Appmax {
     const DB: &'static str = "APPMAX";
     const INTERVAL_REQUIRED: bool = false;
     type Prepared = Merchant;
-
-    fn api(&self) -> &Api {
-        &self.api
-    }
 
     async fn prepare(
         &self,

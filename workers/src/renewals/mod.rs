@@ -170,8 +170,6 @@ pub trait Provider: Send + Sync + 'static {
     /// What a charge needs, checked before any call.
     type Prepared: Send + Sync;
 
-    fn api(&self) -> &Api;
-
     /// Checks the preconditions; `Err` names the missing or invalid field.
     fn prepare(
         &self,

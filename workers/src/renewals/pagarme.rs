@@ -19,7 +19,7 @@ impl Pagarme {
     pub fn new(client: PagarmeClient, rate_limit: Option<u32>) -> Self {
         Self {
             client,
-            api: Api::new("pagarme", rate_limit),
+            api: Api::new(<Self as Provider>::LABEL, rate_limit),
         }
     }
 }
@@ -35,10 +35,6 @@ impl Provider for Pagarme {
     const DB: &'static str = "PAGARME";
     const INTERVAL_REQUIRED: bool = true;
     type Prepared = Card;
-
-    fn api(&self) -> &Api {
-        &self.api
-    }
 
     async fn prepare(
         &self,
