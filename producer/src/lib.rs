@@ -66,6 +66,23 @@ pub struct PublishOptions {
     pub delay: Option<Duration>,
 }
 
+impl PublishOptions {
+    /// The same job as an outbox row published no sooner than `run_at` (for delays longer
+    /// than the longest tier).
+    pub fn held_until(
+        &self,
+        run_at: chrono::DateTime<chrono::Utc>,
+    ) -> warren_core::outbox::OutboxJob {
+        warren_core::outbox::OutboxJob {
+            id: self.id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            tenant: self.tenant.clone(),
+            max_attempts: self.max_attempts,
+            run_at: Some(run_at),
+        }
+    }
+}
+
 /// A confirmed publisher on its own channel.
 #[derive(Clone)]
 pub struct Producer {

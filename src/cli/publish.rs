@@ -6,7 +6,7 @@ use clap::Args;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use warren_core::outbox::{self, OutboxJob};
+use warren_core::outbox;
 use warren_producer::{Producer, PublishOptions};
 
 #[derive(Args, Debug)]
@@ -89,14 +89,6 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
         (None, Some(at)) => Some((at - chrono::Utc::now()).to_std().unwrap_or_default()),
         (None, None) => None,
     };
-    let longest = topology.longest_tier();
-    if let Some(d) = delay.filter(|d| *d > longest) {
-        return hold_in_outbox(g, &a, &payload, d, longest, &topology).await;
-    }
-    let conn = g.connect("publish").await?;
-    let producer = Producer::new(&conn, topology.jobs_exchange())
-        .await?
-        .with_topology(&topology);
     let opts = PublishOptions {
         id: a.id.clone(),
         idempotency_key: a.idempotency_key.clone(),
@@ -104,6 +96,14 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
         max_attempts: a.max_attempts,
         delay,
     };
+    let longest = topology.longest_tier();
+    if let Some(d) = delay.filter(|d| *d > longest) {
+        return hold_in_outbox(g, &a, &opts, &payload, d, longest, &topology).await;
+    }
+    let conn = g.connect("publish").await?;
+    let producer = Producer::new(&conn, topology.jobs_exchange())
+        .await?
+        .with_topology(&topology);
     if a.count == 1 {
         let id = producer
             .publish(&a.task, &payload, &opts)
@@ -141,6 +141,7 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
 async fn hold_in_outbox(
     g: &Global,
     a: &PublishArgs,
+    opts: &PublishOptions,
     payload: &serde_json::Value,
     delay: Duration,
     longest: Duration,
@@ -159,14 +160,8 @@ async fn hold_in_outbox(
         .await
         .context("connecting to PostgreSQL to hold the delayed job in the outbox")?;
     let mut ids = Vec::new();
+    let job = opts.held_until(run_at);
     for _ in 0..a.count {
-        let job = OutboxJob {
-            id: a.id.clone(),
-            idempotency_key: a.idempotency_key.clone(),
-            tenant: a.tenant.clone(),
-            max_attempts: a.max_attempts,
-            run_at: Some(run_at),
-        };
         ids.push(
             outbox::insert(&mut *tx, &a.task, payload, &job)
                 .await

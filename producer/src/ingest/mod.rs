@@ -576,13 +576,8 @@ async fn hold(store: &Store, held: &[(&Job, PublishOptions)]) -> Result<(), ApiE
     let mut tx = store.pool().begin().await.map_err(database_unavailable)?;
     for (job, opts) in held {
         let payload: serde_json::Value = serde_json::from_slice(&job.body).expect("validated JSON");
-        let out = warren_core::outbox::OutboxJob {
-            id: opts.id.clone(),
-            idempotency_key: opts.idempotency_key.clone(),
-            tenant: opts.tenant.clone(),
-            max_attempts: opts.max_attempts,
-            run_at: job.run_at,
-        };
+        let run_at = job.run_at.expect("only delayed jobs are held");
+        let out = opts.held_until(run_at);
         warren_core::outbox::insert(&mut *tx, &job.task, &payload, &out)
             .await
             .map_err(database_unavailable)?;
