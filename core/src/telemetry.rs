@@ -48,6 +48,9 @@ pub mod names {
     /// counter {provider, outcome = paid|declined|unpaid|skipped|precondition_failed|
     /// rejected|retry|unknown}: renewal handler outcomes.
     pub const RENEWALS: &str = "warren_renewals_total";
+    /// gauge: 1 while the role is ready (what `/readyz` answers), 0 otherwise; set on every
+    /// scrape, so alerts can tell a running-but-unready process from a dead one.
+    pub const READY: &str = "warren_ready";
 }
 
 /// Log output format.
@@ -120,6 +123,10 @@ fn describe() {
         names::LEDGER_ERRORS,
         "Job-ledger writes retried after an error"
     );
+    describe_gauge!(
+        names::READY,
+        "1 while every readiness check is up (/readyz)"
+    );
 }
 
 /// Named readiness checks; the role is ready when all are up.
@@ -171,11 +178,14 @@ impl Health {
 /// process ends. Returns the bound address.
 pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<SocketAddr> {
     let handle = metrics_handle();
+    let ready = health.clone();
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
                 let h = handle.clone();
+                let up = if ready.ready() { 1.0 } else { 0.0 };
+                metrics::gauge!(names::READY).set(up);
                 async move { h.render() }
             }),
         )
