@@ -33,6 +33,17 @@ else
   cp examples/node/package-lock.json examples/node/node_modules/.warren-package-lock.json
 fi
 
+# promtool, run by tests/promql.rs to check deploy/prometheus/*.yml and the dashboard's
+# queries: from the Debian package `prometheus`, installed only when missing.
+if command -v promtool >/dev/null; then
+  echo "==> promtool: $(command -v promtool) is installed"
+else
+  echo "==> promtool: apt-get install prometheus"
+  sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends prometheus
+fi
+
 echo "==> cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
