@@ -28,11 +28,12 @@ use crate::{Producer, PublishError};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection, PgPool};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use warren_core::envelope::DeadLetterKind;
 use warren_core::topology::{Topology, TopologyError};
@@ -42,6 +43,10 @@ pub const BROKER_KINDS: [&str; 4] = ["delivery-limit", "rejected", "expired", "m
 
 /// Rows acted on per mirror update and batch of acks.
 const CHUNK: usize = 64;
+/// Longest wait for returned messages to show as ready before the channel closes.
+const RETURN_WAIT: Duration = Duration::from_secs(10);
+/// Wait after the last ack before closing, when nothing is returned (see [`Session`]).
+const ACK_GRACE: Duration = Duration::from_millis(1000);
 
 /// Why a `warren dlq` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +172,8 @@ pub struct Synced {
     pub new: usize,
     /// Rows that a complete drain did not find (removed outside `warren dlq`).
     pub gone: usize,
+    /// Messages of rows already replayed or purged (an earlier ack lost), acked now.
+    pub resettled: usize,
     /// False when `max_scan` stopped the drain before the queue was empty.
     pub complete: bool,
 }
@@ -213,8 +220,12 @@ pub struct Dlq {
 
 /// Messages held from one DLQ, each with its mirror row.
 struct Held {
+    /// The DLQ's broker name.
+    name: String,
     channel: Channel,
     items: Vec<(i64, Delivery)>,
+    /// Ready messages the drain left in the queue (beyond `max_scan`).
+    left: u32,
 }
 
 /// A drain in progress: the advisory lock and the held messages. Dropping it returns every
@@ -236,13 +247,63 @@ impl Session {
         m
     }
 
-    /// Hands back every message not acked and releases the lock.
-    pub async fn close(self) {
-        for h in self.held {
+    /// Hands back every message not in `acked` (queue index, item index) and releases the
+    /// lock.
+    ///
+    /// A quorum queue applies acks and returns asynchronously, and a channel closing
+    /// returns whatever it still holds: closed too soon, it could return messages just
+    /// acked. So the rest are returned explicitly first (after the acks, on the same
+    /// channel, so applied after them) and the channel closes once the queue shows them
+    /// ready again; with nothing to return, it waits [`ACK_GRACE`]. An ack lost anyway is
+    /// settled by the next session (see [`Dlq::open`]).
+    async fn close(self, acked: &HashSet<(usize, usize)>) {
+        for (qi, h) in self.held.iter().enumerate() {
+            let rest: Vec<u64> = (0..h.items.len())
+                .filter(|di| !acked.contains(&(qi, *di)))
+                .map(|di| h.items[di].1.delivery_tag)
+                .collect();
+            if let Some(&last) = rest.iter().max() {
+                let nacked = h
+                    .channel
+                    .basic_nack(
+                        last,
+                        BasicNackOptions {
+                            multiple: true,
+                            requeue: true,
+                        },
+                    )
+                    .await;
+                let want = u64::from(h.left) + rest.len() as u64;
+                let deadline = tokio::time::Instant::now() + RETURN_WAIT;
+                while nacked.is_ok() && tokio::time::Instant::now() < deadline {
+                    match ready(&h.channel, &h.name).await {
+                        Ok(n) if u64::from(n) >= want => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Err(_) => break,
+                    }
+                }
+            } else if !acked.is_empty() {
+                tokio::time::sleep(ACK_GRACE).await;
+            }
             let _ = h.channel.close(200, "warren dlq done".into()).await;
         }
         let _ = self.lock.close().await;
     }
+}
+
+/// Ready messages in a queue (passive declare).
+async fn ready(ch: &Channel, name: &str) -> Result<u32, lapin::Error> {
+    let q = ch
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
 }
 
 impl Dlq {
@@ -287,28 +348,41 @@ impl Dlq {
         let channel = self.conn.create_channel().await?;
         let mut deliveries = Vec::new();
         let mut complete = false;
+        let mut left = 0;
         while deliveries.len() < self.max_scan {
             match channel
                 .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false })
                 .await?
             {
-                Some(m) => deliveries.push(m.delivery),
+                Some(m) => {
+                    left = m.message_count;
+                    deliveries.push(m.delivery);
+                }
                 None => {
                     complete = true;
+                    left = 0;
                     break;
                 }
             }
         }
         let letters: Vec<Letter> = deliveries.iter().map(|d| Letter::read(queue, d)).collect();
         let (ids, new) = self.upsert(queue, &letters).await?;
-        let items: Vec<(i64, Delivery)> = letters
-            .iter()
-            .zip(deliveries)
-            .map(|(l, d)| (ids[&l.fingerprint], d))
-            .collect();
+        // A message whose row is already replayed or purged was settled by an earlier
+        // session whose ack did not stick: finish it now.
+        let mut items: Vec<(i64, Delivery)> = Vec::with_capacity(deliveries.len());
+        let mut resettled = 0;
+        for (l, d) in letters.iter().zip(deliveries) {
+            let (id, settled) = ids[&l.fingerprint];
+            if settled {
+                d.acker.ack(BasicAckOptions::default()).await?;
+                resettled += 1;
+            } else {
+                items.push((id, d));
+            }
+        }
         let mut gone = 0;
         if complete {
-            let seen: Vec<i64> = ids.values().copied().collect();
+            let seen: Vec<i64> = ids.values().map(|(id, _)| *id).collect();
             gone = sqlx::query(
                 "UPDATE dead_letters SET state = 'gone', gone_at = now()
                   WHERE queue = $1 AND state = 'queued' AND id <> ALL($2)",
@@ -324,18 +398,32 @@ impl Dlq {
             messages: items.len(),
             new,
             gone,
+            resettled,
             complete,
         };
-        Ok((Held { channel, items }, synced))
+        if resettled > 0 {
+            tracing::info!(
+                queue,
+                resettled,
+                "removed dead letters already replayed or purged whose earlier ack was lost"
+            );
+        }
+        let held = Held {
+            name,
+            channel,
+            items,
+            left,
+        };
+        Ok((held, synced))
     }
 
-    /// Records the letters (one row per fingerprint); returns fingerprint → row id and how
-    /// many rows are new.
+    /// Records the letters (one row per fingerprint); returns fingerprint → (row id,
+    /// already replayed or purged) and how many rows are new.
     async fn upsert(
         &self,
         queue: &str,
         letters: &[Letter],
-    ) -> Result<(HashMap<String, i64>, usize), DlqError> {
+    ) -> Result<(HashMap<String, (i64, bool)>, usize), DlqError> {
         let mut copies: HashMap<&str, i32> = HashMap::new();
         let mut unique: Vec<&Letter> = Vec::new();
         for l in letters {
@@ -351,7 +439,7 @@ impl Dlq {
             let col = |f: fn(&Letter) -> Option<String>| -> Vec<Option<String>> {
                 batch.iter().map(|l| f(l)).collect()
             };
-            let rows: Vec<(i64, String, bool)> = sqlx::query_as(
+            let rows: Vec<(i64, String, bool, bool)> = sqlx::query_as(
                 "INSERT INTO dead_letters AS d
                    (queue, fingerprint, message_id, task, source, kind, error, attempts,
                     headers, payload, payload_json, failed_at, copies)
@@ -362,9 +450,10 @@ impl Dlq {
                                $11::jsonb[], $12::timestamptz[], $13::int4[])
                         AS u(fp, mid, task, src, kind, err, att, hdr, body, pj, fa, cp)
                  ON CONFLICT (queue, fingerprint) DO UPDATE
-                    SET state = 'queued', copies = EXCLUDED.copies, last_seen_at = now(),
-                        gone_at = NULL
-                 RETURNING id, fingerprint, (xmax = 0)",
+                    SET state = CASE WHEN d.state IN ('replayed', 'purged') THEN d.state
+                                     ELSE 'queued' END,
+                        copies = EXCLUDED.copies, last_seen_at = now(), gone_at = NULL
+                 RETURNING id, fingerprint, (xmax = 0), state IN ('replayed', 'purged')",
             )
             .bind(queue)
             .bind(col(|l| Some(l.fingerprint.clone())))
@@ -406,9 +495,9 @@ impl Dlq {
             )
             .fetch_all(&self.pool)
             .await?;
-            for (id, fp, inserted) in rows {
+            for (id, fp, inserted, settled) in rows {
                 new += usize::from(inserted);
-                ids.insert(fp, id);
+                ids.insert(fp, (id, settled));
             }
         }
         Ok((ids, new))
@@ -459,7 +548,7 @@ impl Dlq {
         if sync {
             let s = self.open(&queues).await?;
             synced = s.synced.clone();
-            s.close().await;
+            s.close(&HashSet::new()).await;
         }
         Ok((synced, self.rows(filter, all, None).await?))
     }
@@ -484,7 +573,7 @@ impl Dlq {
         }
         self.open(std::slice::from_ref(&d.row.queue))
             .await?
-            .close()
+            .close(&HashSet::new())
             .await;
         detail().await
     }
@@ -526,6 +615,7 @@ impl Dlq {
     ) -> Result<Outcome, DlqError> {
         let queues = filter.queues(&self.topology)?;
         let session = self.open(&queues).await?;
+        let mut acked: HashSet<(usize, usize)> = HashSet::new();
         let result = async {
             let rows = self.rows(filter, false, opts.limit).await?;
             let held = session.row_messages();
@@ -605,6 +695,7 @@ impl Dlq {
                             .acker
                             .ack(BasicAckOptions::default())
                             .await?;
+                        acked.insert((qi, di));
                         out.messages += 1;
                     }
                 }
@@ -617,7 +708,7 @@ impl Dlq {
             Ok(out)
         }
         .await;
-        session.close().await;
+        session.close(&acked).await;
         result
     }
 
