@@ -14,6 +14,8 @@
 //! holds them in PostgreSQL.
 
 pub mod broker;
+pub mod depths;
+pub mod dlq;
 pub mod ingest;
 
 use futures::stream::{FuturesOrdered, StreamExt};

@@ -227,6 +227,22 @@ pub async fn due_page(
         })
 }
 
+/// How many subscriptions of `kind` are due at `now` (`warren due`, `warren status`).
+pub async fn count_due(
+    pool: &PgPool,
+    kind: DueKind,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM customer_subscriptions WHERE {} AND {} <= $1",
+        kind.predicate(),
+        kind.due_column()
+    ))
+    .bind(now)
+    .fetch_one(pool)
+    .await
+}
+
 /// Scans one kind and, unless observe-only or dry run, enqueues every attempt not yet
 /// enqueued (see the module docs).
 pub async fn scan(

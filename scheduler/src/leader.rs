@@ -58,6 +58,38 @@ impl Leadership {
     }
 }
 
+/// The replica holding a namespace's leader lock, as PostgreSQL sees its session.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct LeaderSession {
+    pub pid: i32,
+    pub application_name: String,
+    /// The replica's address (`None` over a Unix socket).
+    pub client_addr: Option<String>,
+    /// When the lock's connection opened: leader since (about) then.
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Who leads `namespace` now: the session granted its advisory lock (`pg_locks` splits
+/// the 64-bit key into `classid` = high and `objid` = low 32 bits), if any.
+pub async fn current(
+    pool: &sqlx::PgPool,
+    namespace: &str,
+) -> Result<Option<LeaderSession>, sqlx::Error> {
+    let key = lock_key(namespace) as u64;
+    sqlx::query_as(
+        "SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr,
+                a.backend_start AS since
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+            AND l.classid::text::bigint = $1 AND l.objid::text::bigint = $2
+          LIMIT 1",
+    )
+    .bind((key >> 32) as i64)
+    .bind((key & 0xffff_ffff) as i64)
+    .fetch_optional(pool)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::lock_key;

@@ -54,6 +54,31 @@ pub enum TickError {
     Publish(#[from] PublishError),
 }
 
+/// The latest recorded tick of one schedule, for `warren status`.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct LastTick {
+    pub schedule: String,
+    pub tick: DateTime<Utc>,
+    /// `published` or `skipped`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+    /// The tick's job in the ledger (`None`: no worker has recorded it yet).
+    pub job_status: Option<String>,
+}
+
+/// The latest tick of every schedule that has one.
+pub async fn last_ticks(pool: &PgPool) -> Result<Vec<LastTick>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (t.schedule) t.schedule, t.tick, t.status, t.reason,
+                t.recorded_at, j.status::text AS job_status
+           FROM cron_ticks t LEFT JOIN job_runs j ON j.job_id = t.job_id::text
+          ORDER BY t.schedule, t.tick DESC",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Runs every due tick of every schedule; returns how many were published.
 pub async fn run_due(
     pool: &PgPool,

@@ -51,7 +51,8 @@ struct Summary {
     action: &'static str,
 }
 
-fn action(kind: DueKind, flags: ProviderFlags) -> &'static str {
+/// What the scheduler does with due subscriptions of `kind` under `flags`.
+pub(super) fn action(kind: DueKind, flags: ProviderFlags) -> &'static str {
     match (flags.enabled, kind.task(), flags.dry_run) {
         (false, _, _) => "disabled",
         (true, None, _) => "observe",
@@ -84,15 +85,9 @@ pub async fn run(g: &Global, a: DueArgs) -> anyhow::Result<()> {
             pagarme
         };
         let act = action(kind, flags);
-        let count: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM customer_subscriptions WHERE {} AND {} <= $1",
-            kind.predicate(),
-            kind.due_column()
-        ))
-        .bind(now)
-        .fetch_one(&pool)
-        .await
-        .context("counting due subscriptions (has `warren migrate` run?)")?;
+        let count = due::count_due(&pool, kind, now)
+            .await
+            .context("counting due subscriptions (has `warren migrate` run?)")?;
         summaries.push(Summary {
             provider: kind.label(),
             due: count,

@@ -4,6 +4,7 @@ mod bench;
 mod bench_due;
 mod demo;
 mod dev;
+mod dlq;
 mod due;
 mod ingest;
 mod migrate;
@@ -12,6 +13,7 @@ mod publish;
 mod relay;
 mod scheduler;
 mod schemas;
+mod status;
 mod topology;
 mod worker;
 
@@ -128,6 +130,11 @@ pub enum Command {
     /// Write the JSON Schema of every built-in task's payload (`<task>.json`), or check the
     /// files against the types with --check.
     Schemas(schemas::SchemasArgs),
+    /// Dead letters: list, show, replay or purge them, mirrored into PostgreSQL
+    /// (`dead_letters`); see docs/dlq.md.
+    Dlq(dlq::DlqArgs),
+    /// One screen: queue depths, scheduler leader, due renewals, last cron ticks.
+    Status(status::StatusArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -147,6 +154,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(a) => dev::run(&g, a).await,
         Command::Demo(a) => demo::run(&g, a).await,
         Command::Schemas(a) => schemas::run(a),
+        Command::Dlq(a) => dlq::run(&g, a).await,
+        Command::Status(a) => status::run(&g, a).await,
     }
 }
 
