@@ -146,6 +146,21 @@ fn serde_accepts(task: &str, body: &[u8]) -> bool {
     }
 }
 
+/// The samples `(task, payload, valid)` that the schema or the Rust type judges otherwise.
+fn misjudged(samples: &[(&str, Value, bool)]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (task, payload, valid) in samples {
+        let by_schema = validator(task).is_valid(payload);
+        let by_serde = serde_accepts(task, payload.to_string().as_bytes());
+        if by_schema != *valid || by_serde != *valid {
+            wrong.push(format!(
+                "{task} {payload}: expected valid={valid}, schema says {by_schema}, Rust type says {by_serde}"
+            ));
+        }
+    }
+    wrong
+}
+
 #[test]
 fn samples_are_judged_alike_by_schema_and_rust_type() {
     const SUB: &str = "0196a3c5-6f1e-7c2a-9b1d-2f4e5a6b7c8d";
@@ -235,16 +250,7 @@ fn samples_are_judged_alike_by_schema_and_rust_type() {
             false,
         ),
     ];
-    let mut wrong = Vec::new();
-    for (task, payload, valid) in &samples {
-        let by_schema = validator(task).is_valid(payload);
-        let by_serde = serde_accepts(task, payload.to_string().as_bytes());
-        if by_schema != *valid || by_serde != *valid {
-            wrong.push(format!(
-                "{task} {payload}: expected valid={valid}, schema says {by_schema}, Rust type says {by_serde}"
-            ));
-        }
-    }
+    let wrong = misjudged(&samples);
     assert!(wrong.is_empty(), "disagreements:\n{}", wrong.join("\n"));
     for task in TASKS {
         assert!(
@@ -283,4 +289,138 @@ fn renewal_attempt_defaults_to_one_and_must_be_positive() {
     }))
     .unwrap();
     assert_eq!(p.attempt, 1);
+}
+
+/// Edge cases where JSON Schema and serde's defaults used to part ways, fixed at the source
+/// (`warren_core::payload`): integer-valued floats are integers, a UUID is the hyphenated
+/// form only, a date-time is strict RFC 3339, a struct payload is a JSON object.
+#[test]
+fn edge_cases_are_judged_alike_by_schema_and_rust_type() {
+    const SUB: &str = "0196a3c5-6f1e-7c2a-9b1d-2f4e5a6b7c8d";
+    const END: &str = "2026-05-01T00:00:00Z";
+    let r = |sub: &str, end: &str| json!({"subscription_id": sub, "period_end": end});
+    let attempt = |a: Value| json!({"subscription_id": SUB, "period_end": END, "attempt": a});
+    let over_u64: Value = serde_json::from_str(r#"{"ms": 18446744073709551616}"#).unwrap();
+    // (task, payload, valid)
+    let samples: Vec<(&str, Value, bool)> = vec![
+        // Numbers: JSON Schema's `integer` is any number with no fractional part.
+        ("demo.sleep", json!({"ms": 50.0}), true),
+        ("demo.sleep", json!({"ms": 1e2}), true),
+        ("demo.sleep", json!({"ms": -0.0}), true),
+        ("demo.sleep", json!({"ms": u64::MAX}), true),
+        ("demo.sleep", over_u64, false),
+        ("demo.sleep", json!({"ms": -50.0}), false),
+        ("demo.sleep", json!({"ms": 50.5}), false),
+        ("demo.sleep", json!({"ms": null}), false),
+        ("demo.sleep", json!({"ms": true}), false),
+        ("demo.sleep", json!({"MS": 50}), false),
+        ("renewal.pagarme", attempt(json!(2.0)), true),
+        ("renewal.pagarme", attempt(json!(65535)), true),
+        ("renewal.pagarme", attempt(json!(65536.0)), false),
+        ("renewal.pagarme", attempt(json!(2.5)), false),
+        ("renewal.pagarme", attempt(json!("2")), false),
+        ("renewal.pagarme", attempt(json!(null)), false),
+        // UUIDs: hyphenated, either case; not the simple, braced or URN forms.
+        ("renewal.pagarme", r(&SUB.to_uppercase(), END), true),
+        (
+            "renewal.appmax",
+            r("00000000-0000-0000-0000-000000000000", END),
+            true,
+        ),
+        ("renewal.pagarme", r(&SUB.replace('-', ""), END), false),
+        ("renewal.pagarme", r(&format!("{{{SUB}}}"), END), false),
+        ("renewal.pagarme", r(&format!("urn:uuid:{SUB}"), END), false),
+        ("renewal.pagarme", r(&format!(" {SUB}"), END), false),
+        (
+            "renewal.pagarme",
+            r("0196a3c5-6f1e-7c2a-9b1d-2f4e5a6b7c8", END),
+            false,
+        ),
+        (
+            "renewal.pagarme",
+            r("0196a3c5-6f1e-7c2a-9b1d-2f4e5a6b7c8g", END),
+            false,
+        ),
+        (
+            "renewal.pagarme",
+            r("0196a3c56f1e-7c2a-9b1d-2f4e-5a6b7c8d", END),
+            false,
+        ),
+        // Date-times: RFC 3339 with an offset.
+        ("renewal.pagarme", r(SUB, "2026-05-01t00:00:00z"), true),
+        (
+            "renewal.pagarme",
+            r(SUB, "2026-05-01T00:00:00.123456789Z"),
+            true,
+        ),
+        ("renewal.pagarme", r(SUB, "2026-05-01T03:00:00+03:00"), true),
+        ("renewal.pagarme", r(SUB, "2026-06-30T23:59:60Z"), true),
+        ("renewal.pagarme", r(SUB, "2026-05-01 00:00:00Z"), false),
+        ("renewal.pagarme", r(SUB, "2026-05-01T00:00:00+0300"), false),
+        ("renewal.pagarme", r(SUB, "2026-05-01T00:00:00+03"), false),
+        ("renewal.pagarme", r(SUB, "2026-05-01T00:00:00"), false),
+        ("renewal.pagarme", r(SUB, "2026-05-01"), false),
+        ("renewal.pagarme", r(SUB, "2026-02-30T00:00:00Z"), false),
+        ("renewal.pagarme", r(SUB, "2026-05-01T24:00:00Z"), false),
+        (
+            "renewal.pagarme",
+            json!({"subscription_id": SUB, "period_end": 1777593600}),
+            false,
+        ),
+        (
+            "demo.fail",
+            json!({"mode": "permanent", "until": "2030-01-01 00:00:00Z"}),
+            false,
+        ),
+        (
+            "demo.fail",
+            json!({"mode": "permanent", "until": "2030-01-01"}),
+            false,
+        ),
+        (
+            "demo.fail",
+            json!({"mode": "permanent", "until": "2030-01-01T00:00:00-03:00"}),
+            true,
+        ),
+        // Types and shapes.
+        ("demo.fail", json!({"mode": null}), false),
+        ("demo.fail", json!({"mode": ["permanent"]}), false),
+        ("cron.fail-stale-payments", json!({"max_age": null}), false),
+        ("cron.prune-job-runs", json!(null), false),
+        ("demo.noop", json!({"": null}), true),
+        // A struct payload is an object: serde alone also takes its fields as an array.
+        ("demo.sleep", json!([50]), false),
+        ("cron.prune-job-runs", json!([]), false),
+        ("cron.fail-stale-payments", json!(["2h"]), false),
+        ("demo.fail", json!(["permanent"]), false),
+        ("renewal.appmax", json!([SUB, END]), false),
+    ];
+    let wrong = misjudged(&samples);
+    assert!(wrong.is_empty(), "disagreements:\n{}", wrong.join("\n"));
+}
+
+/// Refusals name the field and what it should be.
+#[test]
+fn strict_fields_say_what_they_expect() {
+    use warren_core::payload::decode;
+    use warren_core::task::{DemoSleep, RenewalPayload};
+    let e = decode::<DemoSleep>(br#"{"ms": 1.5}"#).unwrap_err();
+    assert_eq!(e.path.as_deref(), Some("ms"));
+    assert!(e.message.contains("a whole number from 0 to"), "{e}");
+    let e = decode::<RenewalPayload>(
+        br#"{"subscription_id": "0196a3c56f1e7c2a9b1d2f4e5a6b7c8d", "period_end": "2026-05-01T00:00:00Z"}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.path.as_deref(), Some("subscription_id"));
+    assert!(e.message.contains("hyphenated form"), "{e}");
+    let e = decode::<RenewalPayload>(
+        br#"{"subscription_id": "0196a3c5-6f1e-7c2a-9b1d-2f4e5a6b7c8d", "period_end": "2026-05-01 00:00:00Z"}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.path.as_deref(), Some("period_end"));
+    assert!(e.message.contains("RFC 3339"), "{e}");
+    let e = decode::<DemoSleep>(b"[50]").unwrap_err();
+    assert!(e.message.contains("as a JSON object"), "{e}");
+    let e = decode::<DemoSleep>(br#"{"ms": 1, "ms": 2}"#).unwrap_err();
+    assert!(e.message.contains("duplicate field `ms`"), "{e}");
 }

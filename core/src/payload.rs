@@ -6,7 +6,7 @@
 //! with [`PayloadError::path`] = `mode`.
 
 use crate::task;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 /// What is wrong with a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +44,12 @@ impl PayloadError {
     }
 }
 
-/// Decodes JSON, naming the path of the first error (`$.mode: unknown variant …`).
+/// Decodes JSON, naming the path of the first error (`$.mode: unknown variant …`). A struct
+/// payload must be a JSON object, as its schema says (serde alone would also take an array of
+/// the fields in order).
 pub fn decode<P: DeserializeOwned>(body: &[u8]) -> Result<P, PayloadError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value: P = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: P = serde_path_to_error::deserialize(ObjectsOnly(&mut de)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -68,6 +70,61 @@ pub fn decode<P: DeserializeOwned>(body: &[u8]) -> Result<P, PayloadError> {
     })?;
     de.end().map_err(PayloadError::syntax)?;
     Ok(value)
+}
+
+/// A deserializer that refuses a struct written as a JSON array (serde's sequence form) at the
+/// top level and passes everything else through.
+struct ObjectsOnly<D>(D);
+
+/// The struct's own visitor, minus `visit_seq`.
+struct MapOnly<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for MapOnly<V> {
+    type Value = V::Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        self.0.expecting(f)?;
+        f.write_str(" as a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.0.visit_map(map)
+    }
+}
+
+macro_rules! forward {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* v: V) -> Result<V::Value, D::Error> {
+            self.0.$method($($arg,)* v)
+        }
+    )*};
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectsOnly<D> {
+    type Error = D::Error;
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_struct(name, fields, MapOnly(v))
+    }
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
+    }
+    forward! {
+        deserialize_any(); deserialize_bool(); deserialize_i8(); deserialize_i16();
+        deserialize_i32(); deserialize_i64(); deserialize_i128(); deserialize_u8();
+        deserialize_u16(); deserialize_u32(); deserialize_u64(); deserialize_u128();
+        deserialize_f32(); deserialize_f64(); deserialize_char(); deserialize_str();
+        deserialize_string(); deserialize_bytes(); deserialize_byte_buf(); deserialize_option();
+        deserialize_unit(); deserialize_seq(); deserialize_map(); deserialize_identifier();
+        deserialize_ignored_any();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+    }
 }
 
 /// Built-in tasks whose payload type this module knows (the cron maintenance tasks' types
@@ -95,6 +152,90 @@ pub fn validate(task_name: &str, body: &[u8]) -> Result<(), PayloadError> {
     }
 }
 
+/// Field decoders that accept exactly what the payload JSON Schemas in `schemas/` describe,
+/// no more and no less (`tests/schemas.rs` checks the two agree):
+/// - integers: any JSON number with no fractional part in the type's range (`50`, `50.0`,
+///   `5e1`), as JSON Schema's `integer` does, and as JavaScript and Python clients send;
+/// - UUIDs: the hyphenated form only (`format: uuid`), in either case;
+/// - instants: RFC 3339 with `T` (or `t`) and an offset (`format: date-time`), not chrono's
+///   looser forms (a space for `T`, `+0300`).
+///
+/// Used as `#[serde(deserialize_with = "…")]`; the schema comes from the field's type.
+pub mod strict {
+    use chrono::{DateTime, Utc};
+    use serde::de::{self, Deserializer, Unexpected, Visitor};
+    use std::fmt;
+
+    /// A whole number from 0 to `max`.
+    struct Whole(u64);
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a whole number from 0 to {}", self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            if v <= self.0 {
+                Ok(v)
+            } else {
+                Err(E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+            }
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is the first f64 past u64::MAX; `as` would saturate to u64::MAX.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                self.visit_u64(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Whole(u64::MAX))
+    }
+
+    pub fn u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        d.deserialize_any(Whole(u16::MAX.into())).map(|v| v as u16)
+    }
+
+    pub fn uuid<'de, D: Deserializer<'de>>(d: D) -> Result<uuid::Uuid, D::Error> {
+        let s = <std::borrow::Cow<str> as serde::Deserialize>::deserialize(d)?;
+        let expected = &"a UUID in hyphenated form (8-4-4-4-12 hex digits)";
+        // The hyphenated form is the only 36-character one uuid parses.
+        match uuid::Uuid::try_parse(&s) {
+            Ok(u) if s.len() == 36 => Ok(u),
+            _ => Err(de::Error::invalid_value(Unexpected::Str(&s), expected)),
+        }
+    }
+
+    fn rfc3339<E: de::Error>(s: &str) -> Result<DateTime<Utc>, E> {
+        let expected = &"an RFC 3339 date-time with an offset (2026-05-01T00:00:00Z)";
+        match DateTime::parse_from_rfc3339(s) {
+            Ok(t) if matches!(s.as_bytes().get(10), Some(b'T' | b't')) => Ok(t.to_utc()),
+            _ => Err(E::invalid_value(Unexpected::Str(s), expected)),
+        }
+    }
+
+    pub fn date_time<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = <std::borrow::Cow<str> as serde::Deserialize>::deserialize(d)?;
+        rfc3339(&s)
+    }
+
+    pub fn opt_date_time<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let s = <Option<std::borrow::Cow<str>> as serde::Deserialize>::deserialize(d)?;
+        s.map(|s| rfc3339(&s)).transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +256,7 @@ mod tests {
         let e = decode::<DemoFail>(br#"{"mode":"permanent"} trailing"#).unwrap_err();
         assert!(e.message.starts_with("body is not valid JSON"), "{e}");
         let e = decode::<DemoFail>(b"[]").unwrap_err();
-        assert!(e.message.starts_with("payload: invalid length 0"), "{e}");
+        assert!(e.message.contains("as a JSON object"), "{e}");
         assert_eq!(e.path, None);
         assert!(decode::<DemoFail>(br#"{"mode":"permanent"}"#).is_ok());
     }

@@ -26,6 +26,8 @@ pub type DemoNoop = serde_json::Map<String, serde_json::Value>;
 #[serde(deny_unknown_fields)]
 pub struct DemoSleep {
     /// How long the handler sleeps, in milliseconds.
+    #[serde(deserialize_with = "crate::payload::strict::u64")]
+    #[schemars(range(max = u64::MAX))]
     pub ms: u64,
 }
 
@@ -49,7 +51,11 @@ pub struct DemoFail {
     pub mode: FailMode,
     /// Fail only before this instant; at or after it the job succeeds, so a replay of the
     /// dead letter after `until` goes through.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::payload::strict::opt_date_time"
+    )]
     pub until: Option<DateTime<Utc>>,
 }
 
@@ -61,13 +67,19 @@ pub struct DemoFail {
 #[serde(deny_unknown_fields)]
 pub struct RenewalPayload {
     /// The subscription to renew (`customer_subscriptions.id`).
+    #[serde(deserialize_with = "crate::payload::strict::uuid")]
     pub subscription_id: uuid::Uuid,
     /// End of the period being renewed (RFC 3339): the subscription's `current_period_end`
     /// when the scheduler found it due.
+    #[serde(deserialize_with = "crate::payload::strict::date_time")]
     pub period_end: DateTime<Utc>,
     /// Charge attempt of the period: 1 (the default) for the renewal, 2, 3, … for dunning
     /// attempts. The handler dead-letters 0 as permanent, so the schema asks for 1 or more.
-    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    #[serde(
+        default = "first_attempt",
+        skip_serializing_if = "is_first_attempt",
+        deserialize_with = "crate::payload::strict::u16"
+    )]
     #[schemars(range(min = 1), extend("default" = 1))]
     pub attempt: u16,
 }

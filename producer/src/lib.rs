@@ -3,7 +3,9 @@
 //! [`Producer`] is the one way Warren code publishes: the CLI, the worker runtime (retries
 //! and dead letters) and the benchmark all go through [`Producer::publish_raw`]. A publish
 //! is done only when the broker confirmed it; an unroutable publish (no queue bound to the
-//! task) is an error, never a silent success.
+//! task) is an error, never a silent success. A `Producer` lives on one channel; to survive
+//! connection loss, publish through [`broker::SharedBroker`] ([`reliable`]), which reconnects
+//! and republishes only the unconfirmed jobs, under the same ids.
 //!
 //! **Delays.** A producer built [`with_topology`](Producer::with_topology) can publish with
 //! [`PublishOptions::delay`]: the job goes to the shortest delay tier at least that long,
@@ -17,6 +19,9 @@ pub mod broker;
 pub mod depths;
 pub mod dlq;
 pub mod ingest;
+pub mod reliable;
+
+pub use reliable::{BatchError, BatchReport, RetryPolicy};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};

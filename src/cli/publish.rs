@@ -7,7 +7,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use warren_core::outbox;
-use warren_producer::{Producer, PublishOptions};
+use warren_core::telemetry::Health;
+use warren_producer::{PublishOptions, RetryPolicy};
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
@@ -50,6 +51,11 @@ pub struct PublishArgs {
     /// Run no sooner than this instant (RFC 3339, e.g. 2026-12-01T09:00:00Z); as --delay.
     #[arg(long, env = "WARREN_RUN_AT")]
     pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Keep trying this long when RabbitMQ is unreachable or the connection drops: jobs not
+    /// yet confirmed are published again with the same ids; confirmed ones never are.
+    #[arg(long, env = "WARREN_PUBLISH_RETRY_FOR", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
 }
 
 pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
@@ -100,23 +106,35 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
     if let Some(d) = delay.filter(|d| *d > longest) {
         return hold_in_outbox(g, &a, &opts, &payload, d, longest, &topology).await;
     }
-    let conn = g.connect("publish").await?;
-    let producer = Producer::new(&conn, topology.jobs_exchange())
-        .await?
-        .with_topology(&topology);
+    let policy = RetryPolicy {
+        deadline: a.retry_for,
+        ..RetryPolicy::default()
+    };
+    // Connects on demand and, on a lost connection, reconnects and republishes only the
+    // unconfirmed jobs under their original ids (warren_producer::reliable).
+    let broker = g.shared_broker("publish", &Health::new(&["broker"]))?;
+    let what = || {
+        format!(
+            "publishing task {:?} to RabbitMQ at {}",
+            a.task,
+            warren_core::config::redact_url(&g.amqp_url)
+        )
+    };
     if a.count == 1 {
-        let id = producer
-            .publish(&a.task, &payload, &opts)
+        let id = broker
+            .publish(&a.task, &payload, &opts, &policy)
             .await
-            .with_context(|| format!("publishing task {:?}", a.task))?;
+            .with_context(what)?;
         println!("{id}");
     } else {
         let started = Instant::now();
         let mut last = Instant::now();
         let total = a.count;
+        let mut done = 0u64;
         let bodies = (0..total).map(|_| (body.clone(), opts.clone()));
-        producer
-            .publish_many(&a.task, bodies, 512, |done| {
+        let report = broker
+            .publish_many(&a.task, bodies, 512, &policy, |_| {
+                done += 1;
                 if last.elapsed().as_secs() >= 1 {
                     last = Instant::now();
                     let rate = done as f64 / started.elapsed().as_secs_f64();
@@ -124,8 +142,16 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
                 }
             })
             .await
-            .with_context(|| format!("publishing task {:?}", a.task))?;
+            .with_context(what)?;
         let secs = started.elapsed().as_secs_f64();
+        if report.retries > 0 {
+            eprintln!(
+                "the connection was lost {} time(s); {} unconfirmed job(s) were published again \
+                 with their original ids (a worker runs each id once)",
+                report.retries,
+                report.resent.len()
+            );
+        }
         eprintln!(
             "published {total} {} jobs in {secs:.2}s ({:.0}/s), all confirmed",
             a.task,
@@ -133,7 +159,7 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
         );
         println!("{total}");
     }
-    let _ = conn.close(200, "done".into()).await;
+    broker.close().await;
     Ok(())
 }
 
