@@ -9,27 +9,36 @@
 //! - **finish**: `succeeded`, `failed` (a retry was published) or `dead_lettered`, with the
 //!   error; an attempt not yet counted by a mark is counted here. Acks wait for it.
 //!
-//! One writer task owns the database side. Callers queue their ops and wait; the writer takes
-//! everything queued (up to `max_batch`) and runs it as **one statement** (finishes, marks
-//! and checks as `unnest` arrays in a CTE), so a batch costs one round trip and one commit.
-//! Under load the batches grow by themselves.
+//! Writes and checks go to different tasks, each with its own connection, so that a check
+//! never waits for a WAL flush it does not need: a read-only statement commits nothing.
+//! - One **writer** task (or `writers`) takes every mark and finish queued (up to
+//!   `max_batch`) and runs them as **one statement** (`unnest` arrays in a CTE): one round
+//!   trip and one durable commit per batch. Under load the batches grow by themselves.
+//! - One **checker** task takes every check queued and answers them with one `SELECT`,
+//!   meanwhile the writer's commit flushes. A job thus waits for one group commit (its
+//!   finish) instead of two.
 //!
-//! Each writer keeps one connection out of the pool for as long as it works: the statement
+//! A job never has two ops queued at once (check, then mark, then finish, each awaited), so
+//! neither the split nor several writers can reorder one job's ops. The check reads only
+//! committed rows, and a commit becomes visible to other sessions only once it is flushed.
+//!
+//! Each task keeps one connection out of the pool for as long as it works: the statement
 //! is prepared once per connection and planned once (a generic plan), and no liveness ping
-//! precedes each batch, as it would on every pool checkout. The plan's only choice is how to
-//! find the checked ids; the connection runs with `enable_seqscan = off` so that it is always
-//! the primary key, even for a plan made while the table was small and cheap to scan.
+//! precedes each batch, as it would on every pool checkout. The plans' only choice is how to
+//! find the ids; the connections run with `enable_seqscan = off` so that it is always the
+//! primary key, even for a plan made while the table was small and cheap to scan.
 //!
-//! When PostgreSQL fails, the writer drops its connection, keeps the batch and retries with
-//! capped backoff on a new one, marking the `database` health check down. Callers simply
-//! wait: no ack, no nack, so a database outage holds at most `prefetch` deliveries per queue
-//! and burns no delivery limits. Work resumes on its own when PostgreSQL returns.
+//! When PostgreSQL fails, a task drops its connection, keeps its batch and retries with
+//! capped backoff on a new one; the `database` health check is down while any task is
+//! failing. Callers simply wait: no ack, no nack, so a database outage holds at most
+//! `prefetch` deliveries per queue and burns no delivery limits. Work resumes on its own
+//! when PostgreSQL returns.
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use warren_core::telemetry::{names, Health};
@@ -90,7 +99,6 @@ pub struct Finish {
 pub struct LedgerClosed;
 
 enum Op {
-    Check(Arc<JobKey>, oneshot::Sender<Check>),
     Mark(Arc<JobKey>, oneshot::Sender<()>),
     Finish(Arc<JobKey>, Finish, oneshot::Sender<()>),
 }
@@ -98,44 +106,59 @@ enum Op {
 impl Op {
     fn job_id(&self) -> &str {
         match self {
-            Op::Check(k, _) | Op::Mark(k, _) | Op::Finish(k, ..) => &k.job_id,
+            Op::Mark(k, _) | Op::Finish(k, ..) => &k.job_id,
         }
     }
 }
 
-/// Handle to the ledger writer; cheap to clone.
+type CheckOp = (Arc<JobKey>, oneshot::Sender<Check>);
+
+/// Handle to the ledger's tasks; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
-    tx: mpsc::Sender<Op>,
+    writes: mpsc::Sender<Op>,
+    checks: mpsc::Sender<CheckOp>,
 }
 
 impl Ledger {
-    /// Starts `writers` writer tasks sharing one queue; they stop when every handle is
-    /// dropped. Several writers keep PostgreSQL busy while one batch commits. A job never
-    /// has two ops queued at once (check, then mark, then finish, each awaited), so
-    /// writers cannot reorder one job's ops.
+    /// Starts `writers` writer tasks sharing one queue and one checker task; they stop when
+    /// every handle is dropped. Several writers keep PostgreSQL busy while one batch
+    /// commits, but each batch is then smaller (see docs/benchmarks.md).
     pub fn start(pool: PgPool, health: Health, max_batch: usize, writers: usize) -> Self {
-        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        let max_batch = max_batch.max(1);
+        let writers = writers.max(1);
+        let db = DbHealth {
+            health,
+            failing: Arc::new(Mutex::new(vec![false; writers + 1])),
+        };
+        let (tx, rx) = mpsc::channel(max_batch * 4);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..writers.max(1) {
-            tokio::spawn(writer(
-                pool.clone(),
-                health.clone(),
-                rx.clone(),
-                max_batch.max(1),
-            ));
+        for id in 0..writers {
+            let task = Task::new(&pool, &db, id);
+            tokio::spawn(writer(task, rx.clone(), max_batch));
         }
-        Self { tx }
+        let (checks, checks_rx) = mpsc::channel(max_batch * 4);
+        tokio::spawn(checker(
+            Task::new(&pool, &db, writers),
+            checks_rx,
+            max_batch,
+        ));
+        Self { writes: tx, checks }
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, LedgerClosed> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(op(tx)).await.map_err(|_| LedgerClosed)?;
+        self.writes.send(op(tx)).await.map_err(|_| LedgerClosed)?;
         rx.await.map_err(|_| LedgerClosed)
     }
 
     pub async fn check(&self, key: Arc<JobKey>) -> Result<Check, LedgerClosed> {
-        self.call(|tx| Op::Check(key, tx)).await
+        let (tx, rx) = oneshot::channel();
+        self.checks
+            .send((key, tx))
+            .await
+            .map_err(|_| LedgerClosed)?;
+        rx.await.map_err(|_| LedgerClosed)
     }
 
     pub async fn mark_running(&self, key: Arc<JobKey>) -> Result<(), LedgerClosed> {
@@ -149,21 +172,34 @@ impl Ledger {
 
 const IDLE_PROBE: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
-struct Batch {
-    checks: Vec<(Arc<JobKey>, oneshot::Sender<Check>)>,
-    marks: Vec<(Arc<JobKey>, oneshot::Sender<()>)>,
-    finishes: Vec<(Arc<JobKey>, Finish, oneshot::Sender<()>)>,
+/// The `database` health check, shared by the ledger's tasks: up while none is failing.
+#[derive(Clone)]
+struct DbHealth {
+    health: Health,
+    /// Indexed by task.
+    failing: Arc<Mutex<Vec<bool>>>,
 }
 
-/// A writer's connection, taken from the pool on first use and kept until it fails.
-struct Conn {
+/// What one ledger task (a writer or the checker) owns: its connection, taken from the pool
+/// on first use and kept until it fails, and its place in the health check.
+struct Task {
     pool: PgPool,
     held: Option<PoolConnection<Postgres>>,
+    db: DbHealth,
+    id: usize,
 }
 
-impl Conn {
-    async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+impl Task {
+    fn new(pool: &PgPool, db: &DbHealth, id: usize) -> Self {
+        Self {
+            pool: pool.clone(),
+            held: None,
+            db: db.clone(),
+            id,
+        }
+    }
+
+    async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
         if self.held.is_none() {
             let mut c = self.pool.acquire().await?;
             for set in [
@@ -184,38 +220,64 @@ impl Conn {
             drop(c.detach());
         }
     }
+
+    fn report(&self, up: bool) {
+        let mut failing = self.db.failing.lock().expect("not poisoned");
+        failing[self.id] = !up;
+        self.db.health.set("database", !failing.iter().any(|f| *f));
+    }
+
+    /// Waits for the next ops (up to `max`) into `buf`; returns false once every sender is
+    /// gone. While idle, keeps the database health check honest.
+    async fn next<T>(&mut self, rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, max: usize) -> bool {
+        loop {
+            match tokio::time::timeout(IDLE_PROBE, rx.recv_many(buf, max)).await {
+                Ok(n) => return n > 0,
+                Err(_) => self.probe().await,
+            }
+        }
+    }
+
+    async fn probe(&mut self) {
+        let up = match self.conn().await {
+            Ok(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
+            Err(_) => false,
+        };
+        if !up {
+            self.discard();
+        }
+        self.report(up);
+    }
+
+    /// After a failed statement: drops the connection, marks the database down and waits
+    /// out `backoff` (which then doubles, up to 5 s) before the caller retries.
+    async fn failed(&mut self, e: &sqlx::Error, what: &str, backoff: &mut Duration) {
+        self.discard();
+        self.report(false);
+        metrics::counter!(names::LEDGER_ERRORS).increment(1);
+        let hint = match e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => {
+                " (table missing: run `warren migrate`)"
+            }
+            _ => "",
+        };
+        tracing::warn!(error = %e, retry_in = ?*backoff,
+            "job ledger {what} failed{hint}; holding deliveries until PostgreSQL answers");
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
-async fn writer(
-    pool: PgPool,
-    health: Health,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
-    max_batch: usize,
-) {
-    let mut conn = Conn { pool, held: None };
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>, max_batch: usize) {
     let mut carry: Vec<Op> = Vec::new();
     let mut buf: Vec<Op> = Vec::with_capacity(max_batch);
     loop {
         if carry.is_empty() {
-            let received = tokio::time::timeout(IDLE_PROBE, async {
-                rx.lock().await.recv_many(&mut buf, max_batch).await
-            })
-            .await;
-            match received {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(_) => {
-                    // Idle: keep the database health check honest.
-                    let up = match conn.get().await {
-                        Ok(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if !up {
-                        conn.discard();
-                    }
-                    health.set("database", up);
-                    continue;
-                }
+            let mut rx = rx.lock().await;
+            if !task.next(&mut rx, &mut buf, max_batch).await {
+                return;
             }
         } else {
             buf.append(&mut carry);
@@ -241,7 +303,6 @@ async fn writer(
                 continue;
             }
             match op {
-                Op::Check(k, tx) => batch.checks.push((k, tx)),
                 Op::Mark(k, tx) => batch.marks.push((k, tx)),
                 Op::Finish(k, f, tx) => batch.finishes.push((k, f, tx)),
             }
@@ -249,39 +310,43 @@ async fn writer(
         let writes = batch.marks.len() + batch.finishes.len();
         metrics::histogram!(names::LEDGER_BATCH_SIZE).record(writes as f64);
 
-        let mut backoff = Duration::from_millis(100);
-        let succeeded = loop {
-            let written = match conn.get().await {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let written = match task.conn().await {
                 Ok(c) => write(c, &batch).await,
                 Err(e) => Err(e),
             };
             match written {
-                Ok(ids) => break ids,
-                Err(e) => {
-                    conn.discard();
-                    health.set("database", false);
-                    metrics::counter!(names::LEDGER_ERRORS).increment(1);
-                    let hint = match &e {
-                        sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => {
-                            " (table missing: run `warren migrate`)"
-                        }
-                        _ => "",
-                    };
-                    tracing::warn!(error = %e, retry_in = ?backoff,
-                        "job ledger write failed{hint}; holding deliveries until PostgreSQL answers");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                Ok(()) => break,
+                Err(e) => task.failed(&e, "write", &mut backoff).await,
             }
-        };
-        health.set("database", true);
+        }
+        task.report(true);
         for (_, _, tx) in batch.finishes {
             let _ = tx.send(());
         }
         for (_, tx) in batch.marks {
             let _ = tx.send(());
         }
-        for (k, tx) in batch.checks {
+    }
+}
+
+async fn checker(mut task: Task, mut rx: mpsc::Receiver<CheckOp>, max_batch: usize) {
+    let mut batch: Vec<CheckOp> = Vec::with_capacity(max_batch);
+    while task.next(&mut rx, &mut batch, max_batch).await {
+        let mut backoff = FIRST_BACKOFF;
+        let succeeded = loop {
+            let read = match task.conn().await {
+                Ok(c) => read_succeeded(c, &batch).await,
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(ids) => break ids,
+                Err(e) => task.failed(&e, "check", &mut backoff).await,
+            }
+        };
+        task.report(true);
+        for (k, tx) in batch.drain(..) {
             let c = if succeeded.contains(&k.job_id) {
                 Check::AlreadySucceeded
             } else {
@@ -292,8 +357,31 @@ async fn writer(
     }
 }
 
-/// Runs a whole batch as one statement; returns the checked job ids that already succeeded.
-async fn write(conn: &mut PgConnection, b: &Batch) -> Result<HashSet<String>, sqlx::Error> {
+#[derive(Default)]
+struct Batch {
+    marks: Vec<(Arc<JobKey>, oneshot::Sender<()>)>,
+    finishes: Vec<(Arc<JobKey>, Finish, oneshot::Sender<()>)>,
+}
+
+/// The checked job ids that already succeeded. A read-only statement: its implicit
+/// transaction commits without writing (or flushing) WAL.
+async fn read_succeeded(
+    conn: &mut PgConnection,
+    checks: &[CheckOp],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let ids: Vec<&str> = checks.iter().map(|x| x.0.job_id.as_str()).collect();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT job_id FROM job_runs WHERE job_id = ANY($1::text[]) AND status = 'succeeded'",
+    )
+    .bind(&ids)
+    // Prepared and planned once per connection (see the module docs).
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Runs a batch of writes as one statement (one durable commit).
+async fn write(conn: &mut PgConnection, b: &Batch) -> Result<(), sqlx::Error> {
     let f = &b.finishes;
     let ids: Vec<&str> = f.iter().map(|x| x.0.job_id.as_str()).collect();
     let tasks: Vec<&str> = f.iter().map(|x| x.0.task.as_str()).collect();
@@ -305,8 +393,7 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<HashSet<String>, sq
     let mark_ids: Vec<&str> = b.marks.iter().map(|x| x.0.job_id.as_str()).collect();
     let mark_tasks: Vec<&str> = b.marks.iter().map(|x| x.0.task.as_str()).collect();
     let mark_queues: Vec<&str> = b.marks.iter().map(|x| x.0.queue.as_str()).collect();
-    let check_ids: Vec<&str> = b.checks.iter().map(|x| x.0.job_id.as_str()).collect();
-    let rows: Vec<(String,)> = sqlx::query_as(
+    sqlx::query(
         "WITH fin AS (
            INSERT INTO job_runs AS j
                   (job_id, task, queue, status, attempts, last_error, started_at, finished_at)
@@ -322,16 +409,14 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<HashSet<String>, sq
                                     ELSE j.started_at END,
                   finished_at = now(), updated_at = now()
             WHERE j.status <> 'succeeded'
-         ), mark AS (
-           INSERT INTO job_runs AS j (job_id, task, queue, status, attempts)
-           SELECT id, task, queue, 'running', 1
-             FROM unnest($8::text[], $9::text[], $10::text[]) AS u(id, task, queue)
-           ON CONFLICT (job_id) DO UPDATE
-              SET status = 'running', attempts = j.attempts + 1, queue = EXCLUDED.queue,
-                  started_at = now(), finished_at = NULL, updated_at = now()
-            WHERE j.status <> 'succeeded'
          )
-         SELECT job_id FROM job_runs WHERE job_id = ANY($11::text[]) AND status = 'succeeded'",
+         INSERT INTO job_runs AS j (job_id, task, queue, status, attempts)
+         SELECT id, task, queue, 'running', 1
+           FROM unnest($8::text[], $9::text[], $10::text[]) AS u(id, task, queue)
+         ON CONFLICT (job_id) DO UPDATE
+            SET status = 'running', attempts = j.attempts + 1, queue = EXCLUDED.queue,
+                started_at = now(), finished_at = NULL, updated_at = now()
+          WHERE j.status <> 'succeeded'",
     )
     .bind(&ids)
     .bind(&tasks)
@@ -343,9 +428,8 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<HashSet<String>, sq
     .bind(&mark_ids)
     .bind(&mark_tasks)
     .bind(&mark_queues)
-    .bind(&check_ids)
     // Prepared and planned once per connection (see the module docs).
-    .fetch_all(conn)
+    .execute(conn)
     .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(())
 }
