@@ -218,6 +218,13 @@ async fn process(
     // own limit so the dead letter carries our headers.
     let returns = env::header_u64(headers, env::H_DELIVERY_COUNT).unwrap_or(0);
     if returns >= u64::from(queue.delivery_limit) {
+        // Redelivered past the limit after it succeeded (the ack was lost: the broker closed
+        // the channel on consumer_timeout, or the worker died between commit and ack): a
+        // duplicate to ack, not a crash loop to dead-letter.
+        if s.ledger.check(key.clone()).await? == Check::AlreadySucceeded {
+            tracing::info!("job already succeeded; acking redelivered duplicate");
+            return Ok(Outcome::Duplicate);
+        }
         let msg = format!(
             "delivered {} times without an ack (worker crashes?); delivery limit {}",
             returns + 1,
