@@ -2,6 +2,9 @@
 //! `warren` binary, the real RabbitMQ and PostgreSQL on this machine.
 #![allow(dead_code)]
 
+pub mod money;
+pub mod sim;
+
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
