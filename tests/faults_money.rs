@@ -12,8 +12,6 @@ mod common;
 use common::money::assert_money;
 use common::sim::*;
 use common::*;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
@@ -68,24 +66,6 @@ async fn processed(w: &Worker, task: &str, outcome: &str) -> f64 {
             &format!("outcome=\"{outcome}\""),
         ],
     )
-}
-
-/// Consumers on a queue (passive declare).
-async fn consumers(env: &TestEnv, queue: &str) -> u32 {
-    let ch = env.conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = ch.close(200, "".into()).await;
-    q.consumer_count()
 }
 
 /// Case 1: the provider has charged, the worker has not heard back (so has not committed or
@@ -264,21 +244,9 @@ async fn case_13_provider_error_storms() {
     let env = TestEnv::new(CONFIG).await;
     seed(&env, "160", "500,500once=2,429=2,timeout=2,slow,ok,decline");
     let sim = simulator(&env, 0).await;
-    let workers = [
-        renewal_worker(&env, &sim, "100"),
-        renewal_worker(&env, &sim, "100"),
-    ];
-    let _scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
-    eventually(T, "every renewal decided", || renewals_settled(&env)).await;
+    let workers = renew_all(&env, &sim, T).await;
     let per = assert_card_states(&env).await;
-    for provider in ["PAGARME", "APPMAX"] {
-        for s in ["500", "500once", "429", "timeout", "slow"] {
-            assert!(
-                per.contains_key(&(provider.to_owned(), s.to_owned())),
-                "no {provider} _{s} card: {per:?}"
-            );
-        }
-    }
+    assert_covers(&per, &["500", "500once", "429", "timeout", "slow"]);
     assert_money(&env, &sim).await;
 
     // Each job's ledger row, by card: how many attempts the storm cost it.
@@ -337,7 +305,7 @@ async fn case_14_same_job_two_replicas_concurrently() {
     b.wait_ready(T).await;
     let q = env.queue("renewals.pagarme");
     eventually(T, "two consumers", || async {
-        consumers(&env, &q).await == 2
+        env.consumers(&q).await == 2
     })
     .await;
     let key = publish_renewal(&env, sub, end, "case14-renewal").await;
@@ -371,7 +339,7 @@ async fn case_14_same_job_two_replicas_concurrently() {
     let d2 = env.worker(&["--queue", "default", "--prefetch", "1"]);
     let q = env.queue("default");
     eventually(T, "two consumers", || async {
-        consumers(&env, &q).await == 2
+        env.consumers(&q).await == 2
     })
     .await;
     for _ in 0..2 {

@@ -304,3 +304,27 @@ pub async fn assert_card_states(env: &TestEnv) -> HashMap<(String, String), usiz
     }
     per
 }
+
+/// Two renewal workers (100 calls/s each) and a scheduler run every seeded renewal until
+/// [`renewals_settled`]; returns the workers for their metrics.
+pub async fn renew_all(env: &TestEnv, sim: &Sim, within: Duration) -> [Worker; 2] {
+    let workers = [
+        renewal_worker(env, sim, "100"),
+        renewal_worker(env, sim, "100"),
+    ];
+    let _scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
+    eventually(within, "every renewal decided", || renewals_settled(env)).await;
+    workers
+}
+
+/// Asserts that both providers had a subscription with each of `suffixes`.
+pub fn assert_covers(per: &HashMap<(String, String), usize>, suffixes: &[&str]) {
+    for provider in ["PAGARME", "APPMAX"] {
+        for s in suffixes {
+            assert!(
+                per.contains_key(&(provider.to_owned(), (*s).to_owned())),
+                "no {provider} subscription with a _{s} card: {per:?}"
+            );
+        }
+    }
+}
