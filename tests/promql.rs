@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::sim::*;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -343,34 +344,15 @@ async fn every_queried_metric_is_exported_by_warren_or_documented_by_rabbitmq() 
     );
 
     let env = TestEnv::new(CONFIG).await;
-    let out = env.run(&[
-        "demo",
-        "seed",
-        "--subscriptions",
-        "4",
-        "--mix",
-        "ok,decline",
-        "--due-fraction",
-        "1",
-    ]);
-    assert!(out.status.success(), "seed: {}", stderr(&out));
-    let sim_listen = format!("127.0.0.1:{}", free_port());
-    let sim_url = format!("http://{sim_listen}");
-    let _sim = env.spawn(&["provider-sim", "--listen", &sim_listen], &[]);
+    seed(&env, "4", "ok,decline");
+    let sim = simulator(&env, 0).await;
     // A host name of its own names the worker's broker connection, so the test can close it.
     let host = format!("{}-promql", env.ns);
     let mut worker = env.spawn(
         &["worker", "--queue", "default,cron"],
         &[("HOSTNAME", &host)],
     );
-    let mut renewals = env.spawn(
-        &["worker", "--queue", "renewals.pagarme,renewals.appmax"],
-        &[
-            ("WARREN_PAGARME_BASE_URL", &sim_url),
-            ("WARREN_PAGARME_SECRET_KEY", "sk_test_warren"),
-            ("WARREN_APPMAX_BASE_URL", &sim_url),
-        ],
-    );
+    let mut renewals = renewal_worker_with(&env, &sim, "32", &[]);
     let mut scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
     let ingest_listen = format!("127.0.0.1:{}", free_port());
     let mut ingest = env.spawn(

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::money::assert_money;
+use common::sim::*;
 use common::*;
-use serde_json::{json, Value};
-use std::collections::HashMap;
+use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -28,214 +29,18 @@ tiers = ["200ms", "500ms", "1s"]
 
 const T: Duration = Duration::from_secs(90);
 
-/// The simulator as a process.
-struct Sim {
-    _proc: Worker,
-    url: String,
-}
-
-async fn simulator(env: &TestEnv, latency_ms: u64) -> Sim {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let latency = latency_ms.to_string();
-    let proc = env.spawn(
-        &["provider-sim", "--listen", &listen, "--latency", &latency],
-        &[],
-    );
-    let url = format!("http://{listen}");
-    eventually(Duration::from_secs(20), "simulator up", || async {
-        reqwest::get(format!("{url}/healthz")).await.is_ok()
-    })
-    .await;
-    Sim { _proc: proc, url }
-}
-
-impl Sim {
-    /// `key → (status, times charged)` from `GET /__sim/charges`.
-    async fn charges(&self) -> HashMap<String, (String, usize)> {
-        let list: Vec<Value> = reqwest::get(format!("{}/__sim/charges", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let mut out: HashMap<String, (String, usize)> = HashMap::new();
-        for c in list {
-            let key = c["key"].as_str().unwrap().to_owned();
-            let status = c["status"].as_str().unwrap().to_owned();
-            let e = out.entry(key).or_insert((status.clone(), 0));
-            e.0 = status;
-            e.1 += 1;
-        }
-        out
-    }
-}
-
-/// A worker on both renewal queues, pointed at the simulator.
-fn renewal_worker(env: &TestEnv, sim: &Sim, rate: &str) -> Worker {
-    env.spawn(
-        &[
-            "worker",
-            "--queue",
-            "renewals.pagarme,renewals.appmax",
-            "--prefetch",
-            "32",
-        ],
-        &[
-            ("WARREN_PAGARME_BASE_URL", &sim.url),
-            ("WARREN_PAGARME_SECRET_KEY", "sk_test_warren"),
-            ("WARREN_APPMAX_BASE_URL", &sim.url),
-            ("WARREN_PROVIDER_TIMEOUT", "1s"),
-            ("WARREN_PAGARME_RATE_LIMIT", rate),
-            ("WARREN_APPMAX_RATE_LIMIT", rate),
-        ],
-    )
-}
-
-/// One row per subscription: its card suffix and where it ended up.
-#[derive(Debug, sqlx::FromRow)]
-#[allow(dead_code)] // `id` is for the assertion messages (Debug)
-struct Outcome {
-    id: Uuid,
-    provider: String,
-    card: String,
-    status: String,
-    advanced: bool,
-    dunning_attempt: i16,
-    paid: i64,
-    failed: i64,
-    rows: i64,
-}
-
-async fn outcomes(env: &TestEnv) -> Vec<Outcome> {
-    sqlx::query_as(
-        "SELECT s.id, s.provider::text AS provider, pm.provider_payment_method_id AS card,
-                s.status::text AS status,
-                s.current_period_end > now() AS advanced, s.dunning_attempt,
-                count(t.*) FILTER (WHERE t.status = 'paid') AS paid,
-                count(t.*) FILTER (WHERE t.status = 'failed') AS failed,
-                count(t.*) AS rows
-           FROM customer_subscriptions s
-           JOIN customer_payment_methods pm ON pm.id = s.vault_payment_method_id
-           LEFT JOIN payment_transactions t ON t.subscription_id = s.id
-          GROUP BY s.id, pm.provider_payment_method_id
-          ORDER BY s.id",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap()
-}
-
-fn suffix(card: &str) -> &str {
-    card.rsplit('_').next().unwrap()
-}
-
-/// Every subscription decided: renewed, declined, or (`_500`) dead-lettered.
-async fn settled(env: &TestEnv) -> bool {
-    let undecided: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM customer_subscriptions s
-           JOIN customer_payment_methods pm ON pm.id = s.vault_payment_method_id
-          WHERE s.status = 'ACTIVE' AND s.current_period_end <= now()
-            AND pm.provider_payment_method_id NOT LIKE '%\\_500'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    let failing: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM customer_payment_methods
-          WHERE provider_payment_method_id LIKE '%\\_500'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    let dead = env
-        .ready(&format!("{}.dlq", env.queue("renewals.pagarme")))
-        .await
-        + env
-            .ready(&format!("{}.dlq", env.queue("renewals.appmax")))
-            .await;
-    undecided == 0 && i64::from(dead) == failing
-}
-
-/// The states each card suffix implies, and the ledger equality.
+/// The states each card suffix implies, every provider × outcome pair exercised, and the
+/// money invariant.
 async fn assert_states_and_ledger(env: &TestEnv, sim: &Sim) {
-    let all = outcomes(env).await;
-    let mut per: HashMap<(String, String), usize> = HashMap::new();
-    for o in &all {
-        *per.entry((o.provider.clone(), suffix(&o.card).to_owned()))
-            .or_default() += 1;
-        match suffix(&o.card) {
-            "ok" | "500once" | "429" | "timeout" | "slow" => {
-                assert!(
-                    o.status == "ACTIVE" && o.advanced && o.paid == 1 && o.rows == 1,
-                    "{o:?}"
-                )
-            }
-            "decline" => assert!(
-                o.status == "PAST_DUE"
-                    && !o.advanced
-                    && o.dunning_attempt == 1
-                    && o.failed == 1
-                    && o.rows == 1,
-                "{o:?}"
-            ),
-            "500" => assert!(
-                o.status == "ACTIVE" && !o.advanced && o.paid == 0 && o.rows == 1,
-                "{o:?}"
-            ),
-            other => panic!("unexpected card suffix {other}"),
-        }
-    }
-    // Every provider × outcome pair was exercised.
-    for provider in ["PAGARME", "APPMAX"] {
-        for s in ["ok", "decline", "500", "500once", "429", "timeout", "slow"] {
-            assert!(
-                per.contains_key(&(provider.to_owned(), s.to_owned())),
-                "no {provider} subscription with a _{s} card: {per:?}"
-            );
-        }
-    }
-
-    let charges = sim.charges().await;
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT idempotency_key, status FROM payment_transactions")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-    let rows: HashMap<String, String> = rows.into_iter().collect();
-    for (key, (status, times)) in &charges {
-        assert_eq!(*times, 1, "{key} charged {times} times");
-        assert_eq!(
-            rows.get(key),
-            Some(status),
-            "simulator charged {key} ({status}) but payment_transactions says {:?}",
-            rows.get(key)
-        );
-    }
-    for (key, status) in &rows {
-        if status == "paid" {
-            let charged = charges.get(key).map(|c| c.0.as_str());
-            assert_eq!(charged, Some("paid"), "row {key} is paid without a charge");
-        }
-    }
-    let paid_rows = rows.values().filter(|s| *s == "paid").count();
-    let paid_charges = charges.values().filter(|c| c.0 == "paid").count();
-    assert_eq!(paid_rows, paid_charges);
+    let per = assert_card_states(env).await;
+    assert_covers(
+        &per,
+        &["ok", "decline", "500", "500once", "429", "timeout", "slow"],
+    );
+    assert_money(env, sim).await;
 }
 
-async fn seed(env: &TestEnv, n: &str) {
-    let out = env.run(&[
-        "demo",
-        "seed",
-        "--subscriptions",
-        n,
-        "--mix",
-        "ok,decline,500,500once,429,timeout,slow",
-        "--due-fraction",
-        "1",
-    ]);
-    assert!(out.status.success(), "seed: {}", stderr(&out));
-}
+const MIX: &str = "ok,decline,500,500once,429,timeout,slow";
 
 /// Acceptance: 500 due subscriptions across both providers and every simulator outcome,
 /// one scheduler and two workers: each ends in the state its card implies and the
@@ -243,24 +48,13 @@ async fn seed(env: &TestEnv, n: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
     let env = TestEnv::new(FLEET_CONFIG).await;
-    seed(&env, "500").await;
+    seed(&env, "500", MIX);
     let sim = simulator(&env, 0).await;
-    let workers = [
-        renewal_worker(&env, &sim, "100"),
-        renewal_worker(&env, &sim, "100"),
-    ];
-    let _scheduler = env.scheduler(&[("WARREN_APPMAX_DRY_RUN", "false")]);
-    eventually(T, "every renewal decided", || settled(&env)).await;
+    let workers = renew_all(&env, &sim, T).await;
     assert_states_and_ledger(&env, &sim).await;
 
     // `_timeout` charges really timed out (unknown) and were reconciled by lookup, once each.
-    let timeouts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM customer_payment_methods
-          WHERE provider_payment_method_id LIKE '%\\_timeout'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let timeouts = cards(&env, "timeout").await;
     let (mut unknown, mut found_paid) = (0.0, 0.0);
     for w in &workers {
         let m = w.metrics().await;
@@ -298,7 +92,7 @@ async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn renewals_survive_two_worker_kills() {
     let env = TestEnv::new(FLEET_CONFIG).await;
-    seed(&env, "500").await;
+    seed(&env, "500", MIX);
     // Slower provider and a rate limit, so the kills land mid-run.
     let sim = simulator(&env, 20).await;
     let mut victim = renewal_worker(&env, &sim, "30");
@@ -325,85 +119,10 @@ async fn renewals_survive_two_worker_kills() {
         );
         victim = renewal_worker(&env, &sim, "30");
     }
-    eventually(T, "every renewal decided", || settled(&env)).await;
+    eventually(T, "every renewal decided", || renewals_settled(&env)).await;
     assert_states_and_ledger(&env, &sim).await;
     drop(victim);
     env.cleanup().await;
-}
-
-/// A due subscription written straight into the billing tables.
-async fn subscription(
-    env: &TestEnv,
-    provider: &str,
-    card: Option<&str>,
-    metadata: Value,
-    merchant: Option<Uuid>,
-    provider_sub: Option<&str>,
-) -> Uuid {
-    let customer = Uuid::new_v4();
-    sqlx::query("INSERT INTO customers (id, email) VALUES ($1, 'c@example.com')")
-        .bind(customer)
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    let pm = match card {
-        Some(card) => {
-            let id = Uuid::new_v4();
-            sqlx::query(
-                "INSERT INTO customer_payment_methods
-                   (id, customer_id, provider, provider_payment_method_id)
-                 VALUES ($1, $2, $3::billing_provider, $4)",
-            )
-            .bind(id)
-            .bind(customer)
-            .bind(provider)
-            .bind(card)
-            .execute(&env.pool)
-            .await
-            .unwrap();
-            Some(id)
-        }
-        None => None,
-    };
-    let sub = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO customer_subscriptions
-           (id, customer_id, provider, status, current_period_start, current_period_end,
-            vault_payment_method_id, metadata, amount_cents, merchant_id,
-            provider_subscription_id)
-         VALUES ($1, $2, $3::billing_provider, 'ACTIVE', now() - interval '31 days',
-                 date_trunc('second', now() - interval '1 hour'), $4, $5, 4990, $6, $7)",
-    )
-    .bind(sub)
-    .bind(customer)
-    .bind(provider)
-    .bind(pm)
-    .bind(metadata)
-    .bind(merchant)
-    .bind(provider_sub)
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    sub
-}
-
-async fn merchant(env: &TestEnv, credentials: Value) -> Uuid {
-    let merchant = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO merchant_integrations (id, merchant_id, provider, credentials)
-         VALUES ($1, $2, 'APPMAX', $3)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(merchant)
-    .bind(credentials)
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    merchant
-}
-
-fn pagarme_meta() -> Value {
-    json!({ "intervalUnit": "MONTH", "intervalCount": 1, "pagarmeCustomerId": "cus_1" })
 }
 
 /// Acceptance: a missing card, metadata field, provider subscription id or merchant

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod invariants;
+pub mod money;
 pub mod proxy;
+pub mod sim;
 
 use futures::StreamExt;
 use lapin::options::{
@@ -234,6 +236,16 @@ impl TestEnv {
 
     /// Ready messages in a queue (passive declare).
     pub async fn ready(&self, queue: &str) -> u32 {
+        self.queue_counts(queue).await.0
+    }
+
+    /// Consumers on a queue (passive declare).
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.queue_counts(queue).await.1
+    }
+
+    /// (ready messages, consumers) of a queue (passive declare).
+    pub async fn queue_counts(&self, queue: &str) -> (u32, u32) {
         let ch = self.conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
@@ -247,7 +259,7 @@ impl TestEnv {
             .await
             .unwrap();
         let _ = ch.close(200, "".into()).await;
-        q.message_count()
+        (q.message_count(), q.consumer_count())
     }
 
     /// Takes one message from a queue (acks it), waiting up to `within` for one.
