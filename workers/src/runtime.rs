@@ -177,11 +177,19 @@ impl Worker {
             Ok(Some(open)) => {
                 // Channels first: dropping them after the connection closed makes lapin log
                 // a connection error on a clean stop.
+                // Each close is bounded: a close racing the broker's own (lapin then logs
+                // "invalid channel state: Closing") can wait forever for a close-ok, and a
+                // stopping worker must exit; the broker requeues whatever is unacked.
+                const CLOSE_WAIT: Duration = Duration::from_secs(5);
                 for ch in &open.channels {
-                    let _ = ch.close(200, "worker shutting down".into()).await;
+                    let closing = ch.close(200, "worker shutting down".into());
+                    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
                 }
                 drop(open.consumers);
-                let _ = open.conn.close(200, "worker shutting down".into()).await;
+                let closing = open.conn.close(200, "worker shutting down".into());
+                if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+                    tracing::warn!("broker did not confirm the connection close; exiting anyway");
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),
