@@ -506,17 +506,8 @@ async fn server_side_consumer_cancel_is_recovered() {
     // The worker redeclares the queue (and its binding) when it reconnects.
     eventually(T, "queue redeclared with a consumer", || async {
         let ch = env.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                env.queue("default").as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        q.is_ok_and(|q| q.consumer_count() == 1)
+        let q = warren_core::broker::queue_counts(&ch, &env.queue("default")).await;
+        q.is_ok_and(|q| q.consumers == 1)
     })
     .await;
     let job = env.publish_json("demo.noop", json!({}), &id()).await;

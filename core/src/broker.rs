@@ -28,3 +28,30 @@ pub fn is_connection_error(e: &lapin::Error) -> bool {
         _ => false,
     }
 }
+
+/// What a passive declare tells of an existing queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready for delivery (not the unacked ones).
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// Ready messages and consumers of an existing queue (a passive declare). A missing queue
+/// is an error and the broker closes `ch` with it: ask on a channel you can lose.
+pub async fn queue_counts(ch: &lapin::Channel, queue: &str) -> Result<QueueCounts, lapin::Error> {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok(QueueCounts {
+        ready: q.message_count(),
+        consumers: q.consumer_count(),
+    })
+}

@@ -2,13 +2,12 @@
 //! (a passive declare, which needs nothing but AMQP), the DLQ's depth, and unacked messages,
 //! which only RabbitMQ's management HTTP API knows (used when it is reachable).
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::Connection;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
+use warren_core::broker::{queue_counts, QueueCounts};
 use warren_core::topology::Topology;
 
 /// One work queue's numbers.
@@ -142,8 +141,8 @@ pub async fn depths(
     let mut out = Vec::new();
     for q in topology.queues() {
         let name = topology.queue_name(&q.name);
-        let (ready, consumers) = passive(conn, &name).await?;
-        let (dlq, _) = passive(conn, &topology.dlq_name(&q.name)).await?;
+        let QueueCounts { ready, consumers } = passive(conn, &name).await?;
+        let dlq = passive(conn, &topology.dlq_name(&q.name)).await?.ready;
         out.push(QueueDepth {
             queue: q.name.clone(),
             ready,
@@ -155,24 +154,16 @@ pub async fn depths(
     Ok((out, why))
 }
 
-/// Ready messages and consumers of a queue that must exist. A channel per queue: a
-/// missing queue closes the channel it was asked on.
-async fn passive(conn: &Connection, name: &str) -> Result<(u32, u32), DepthError> {
+/// A queue's counts on a channel of its own: a missing queue closes the channel it was
+/// asked on.
+async fn passive(conn: &Connection, name: &str) -> Result<QueueCounts, DepthError> {
     let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let counts = queue_counts(&ch, name)
         .await
         .map_err(|source| DepthError::Queue {
             queue: name.to_owned(),
             source,
         })?;
     let _ = ch.close(200, "inspected".into()).await;
-    Ok((q.message_count(), q.consumer_count()))
+    Ok(counts)
 }

@@ -105,16 +105,8 @@ pub async fn run(g: &Global, a: BenchDueArgs) -> anyhow::Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let queued = {
         let ch = conn.create_channel().await?;
-        ch.queue_declare(
-            topology.queue_name("renewals.pagarme").as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await?
-        .message_count()
+        let queue = topology.queue_name("renewals.pagarme");
+        warren_core::broker::queue_counts(&ch, &queue).await?.ready
     };
     let again = due::scan(&pool, Some(&producer), DueKind::Pagarme, a.scan_page).await?;
     println!("---");

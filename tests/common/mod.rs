@@ -247,19 +247,9 @@ impl TestEnv {
     /// (ready messages, consumers) of a queue (passive declare).
     pub async fn queue_counts(&self, queue: &str) -> (u32, u32) {
         let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let c = warren_core::broker::queue_counts(&ch, queue).await.unwrap();
         let _ = ch.close(200, "".into()).await;
-        (q.message_count(), q.consumer_count())
+        (c.ready, c.consumers)
     }
 
     /// Takes one message from a queue (acks it), waiting up to `within` for one.

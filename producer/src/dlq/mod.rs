@@ -28,13 +28,13 @@ use crate::{Producer, PublishError};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::{Channel, Connection};
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use warren_core::broker::queue_counts;
 use warren_core::envelope::DeadLetterKind;
 use warren_core::topology::{Topology, TopologyError};
 
@@ -276,8 +276,8 @@ impl Session {
                 let want = u64::from(h.left) + rest.len() as u64;
                 let deadline = tokio::time::Instant::now() + RETURN_WAIT;
                 while nacked.is_ok() && tokio::time::Instant::now() < deadline {
-                    match ready(&h.channel, &h.name).await {
-                        Ok(n) if u64::from(n) >= want => break,
+                    match queue_counts(&h.channel, &h.name).await {
+                        Ok(c) if u64::from(c.ready) >= want => break,
                         Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                         Err(_) => break,
                     }
@@ -289,21 +289,6 @@ impl Session {
         }
         let _ = self.lock.close().await;
     }
-}
-
-/// Ready messages in a queue (passive declare).
-async fn ready(ch: &Channel, name: &str) -> Result<u32, lapin::Error> {
-    let q = ch
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.message_count())
 }
 
 impl Dlq {
