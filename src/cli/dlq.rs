@@ -1,9 +1,9 @@
 //! `warren dlq`: list, show, replay and purge dead letters (warren_producer::dlq does the
 //! work; docs/dlq.md).
 
-use super::Global;
+use super::{Format, Global};
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 use warren_producer::dlq::{Dlq, Filter, Outcome, Progress, ReplayOptions, Row, Synced};
@@ -31,6 +31,7 @@ pub enum DlqCommand {
         /// Read the mirror only, without draining the queues first.
         #[arg(long)]
         no_sync: bool,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -82,12 +83,6 @@ pub struct FilterArgs {
     /// Only dead letters since: a duration ago ("2h", "3d") or an RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum Format {
-    Table,
-    Json,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

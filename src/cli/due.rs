@@ -1,9 +1,9 @@
 //! `warren due`: what is due now and why, publishing nothing.
 
 use super::scheduler::ProviderArgs;
-use super::Global;
+use super::{Format, Global};
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 use warren_core::config::FileConfig;
 use warren_core::db;
@@ -24,12 +24,6 @@ pub struct DueArgs {
     pub format: Format,
     #[command(flatten)]
     pub providers: ProviderArgs,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum Format {
-    Table,
-    Json,
 }
 
 #[derive(Serialize)]

@@ -81,6 +81,14 @@ pub struct Global {
     pub log_format: LogFormatArg,
 }
 
+/// How a reporting command (`due`, `status`, `dlq list`) prints: a table for people, JSON
+/// for scripts.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum Format {
+    Table,
+    Json,
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy)]
 pub enum LogFormatArg {
     Text,

@@ -2,9 +2,9 @@
 //! due per provider and the last cron ticks.
 
 use super::scheduler::ProviderArgs;
-use super::Global;
+use super::{Format, Global};
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 use std::time::Duration;
 use warren_core::config::FileConfig;
@@ -27,16 +27,11 @@ pub struct StatusArgs {
         default_value = "http://127.0.0.1:15672"
     )]
     pub management_url: String,
+    /// Output format.
     #[arg(long, env = "WARREN_STATUS_FORMAT", value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[command(flatten)]
     pub providers: ProviderArgs,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum Format {
-    Table,
-    Json,
 }
 
 #[derive(Serialize)]
