@@ -48,6 +48,16 @@ pub enum DeadLetterKind {
 }
 
 impl DeadLetterKind {
+    /// Every kind, for listings and filters.
+    pub const ALL: [Self; 6] = [
+        Self::Permanent,
+        Self::Exhausted,
+        Self::Malformed,
+        Self::UnknownTask,
+        Self::Timeout,
+        Self::DeliveryLimit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Permanent => "permanent",

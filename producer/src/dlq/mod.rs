@@ -110,16 +110,10 @@ impl Filter {
 }
 
 fn known_kinds() -> Vec<String> {
-    use DeadLetterKind as K;
-    let worker = [
-        K::Permanent,
-        K::Exhausted,
-        K::Malformed,
-        K::UnknownTask,
-        K::Timeout,
-        K::DeliveryLimit,
-    ];
-    let mut v: Vec<String> = worker.iter().map(|k| k.as_str().to_owned()).collect();
+    let mut v: Vec<String> = DeadLetterKind::ALL
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
     for b in BROKER_KINDS {
         if !v.iter().any(|k| k == b) {
             v.push(b.to_owned());
