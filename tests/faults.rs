@@ -14,17 +14,6 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-async fn total_rows(env: &TestEnv) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM job_runs")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap()
-}
-
 /// Semantic 8: a RabbitMQ restart mid-run: /readyz goes 503, the worker reconnects,
 /// redeclares and finishes every job exactly once.
 #[tokio::test(flavor = "multi_thread")]
@@ -61,7 +50,7 @@ async fn rabbitmq_restart_mid_run_loses_nothing() {
     })
     .await;
     w.wait_ready(T).await;
-    assert_eq!(total_rows(&env).await, 300);
+    assert_eq!(env.job_rows().await, 300);
     assert!(metric(&w.metrics().await, "warren_broker_reconnects_total", &[]) >= 1.0);
     assert_eq!(env.ready(&env.queue("default")).await, 0);
     assert_eq!(env.ready(&format!("{}.default.dlq", env.ns)).await, 0);
@@ -133,7 +122,7 @@ async fn postgres_outage_pauses_work_without_burning_deliveries() {
         env.count_status("succeeded").await == 40
     })
     .await;
-    assert_eq!(total_rows(&env).await, 40);
+    assert_eq!(env.job_rows().await, 40);
     assert_eq!(env.ready(&format!("{}.default.dlq", env.ns)).await, 0);
     w.wait_ready(T).await;
     drop(w);
@@ -198,7 +187,7 @@ async fn kill_9_mid_run_loses_nothing() {
         env.count_status("succeeded").await == 400
     })
     .await;
-    assert_eq!(total_rows(&env).await, 400);
+    assert_eq!(env.job_rows().await, 400);
     eventually(T, "queue drained", || async {
         env.ready(&env.queue("default")).await == 0
     })

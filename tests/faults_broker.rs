@@ -22,10 +22,6 @@ const T: Duration = Duration::from_secs(60);
 /// Ordinary cases share it; cases that change or restart the broker take it exclusively.
 static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-fn id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 async fn publish_sleeps(env: &TestEnv, n: usize, ms: u64) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
@@ -42,13 +38,6 @@ async fn ran_twice(env: &TestEnv, ids: &[String]) -> Vec<(String, i32)> {
     sqlx::query_as("SELECT job_id, attempts FROM job_runs WHERE job_id = ANY($1) AND attempts <> 1")
         .bind(ids)
         .fetch_all(&env.pool)
-        .await
-        .unwrap()
-}
-
-async fn total_rows(env: &TestEnv) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM job_runs")
-        .fetch_one(&env.pool)
         .await
         .unwrap()
 }
@@ -96,7 +85,7 @@ async fn case_05_blackholed_broker_traffic_is_detected() {
     assert_jobs_settled(&env, &ids, Duration::from_secs(120)).await;
     w.wait_ready(T).await;
     assert_eq!(env.count_status("succeeded").await, ids.len() as i64);
-    assert_eq!(total_rows(&env).await, ids.len() as i64);
+    assert_eq!(env.job_rows().await, ids.len() as i64);
     assert_eq!(ran_twice(&env, &ids).await, vec![], "a job ran twice");
     assert!(
         proxy.accepted() > before_heal || before_heal > 1,
@@ -241,7 +230,7 @@ async fn case_20_workers_scaled_1_5_1_under_load() {
     assert!(busy >= 2, "only {busy} of the 4 added workers got work");
     assert_jobs_settled(&env, &ids, Duration::from_secs(120)).await;
     assert_eq!(env.count_status("succeeded").await, ids.len() as i64);
-    assert_eq!(total_rows(&env).await, ids.len() as i64);
+    assert_eq!(env.job_rows().await, ids.len() as i64);
     assert_eq!(ran_twice(&env, &ids).await, vec![], "a job ran twice");
     assert_eq!(env.ready(&env.queue("default")).await, 0);
     assert_bounded_attempts(&env).await;

@@ -11,10 +11,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 /// Acceptance: a job from a plain AMQP client (no Warren headers) is run and recorded.
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_amqp_job_runs_and_is_recorded_succeeded() {

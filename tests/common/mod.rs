@@ -18,6 +18,11 @@ use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A fresh job id (UUIDv7, like the publishers').
+pub fn id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -206,6 +211,14 @@ impl TestEnv {
             attempts,
             last_error,
         })
+    }
+
+    /// Rows in the job ledger, whatever their status.
+    pub async fn job_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM job_runs")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn count_status(&self, status: &str) -> i64 {
