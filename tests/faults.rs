@@ -35,14 +35,7 @@ async fn rabbitmq_restart_mid_run_loses_nothing() {
         env.count_status("succeeded").await >= 40
     })
     .await;
-    {
-        let _down = Outage::rabbitmq();
-        eventually(T, "/readyz 503 while the broker is down", || async {
-            w.readyz_status().await == Some(503)
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    rabbitmq_outage_seen_by(&w).await;
     // The harness's own connection died with the broker: make a fresh environment handle.
     let env = env.reconnect().await;
     eventually(Duration::from_secs(120), "all 300 succeeded", || async {

@@ -394,14 +394,7 @@ async fn case_18_mixed_retry_delays_across_broker_restart() {
         );
     }
     env.wait_status(&retried[0], "failed", T).await;
-    {
-        let _down = Outage::rabbitmq();
-        eventually(T, "/readyz 503 while the broker is down", || async {
-            w.readyz_status().await == Some(503)
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    rabbitmq_outage_seen_by(&w).await;
     let env = env.reconnect().await;
     let all: Vec<String> = delayed
         .iter()

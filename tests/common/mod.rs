@@ -564,6 +564,19 @@ impl Outage {
     }
 }
 
+/// Stops RabbitMQ until `w` notices (`/readyz` 503), keeps it down two more seconds, then
+/// starts it again. The caller's own connections die with it (`TestEnv::reconnect`).
+pub async fn rabbitmq_outage_seen_by(w: &Worker) {
+    let _down = Outage::rabbitmq();
+    eventually(
+        Duration::from_secs(60),
+        "/readyz 503 while the broker is down",
+        || async { w.readyz_status().await == Some(503) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
 impl Drop for Outage {
     fn drop(&mut self) {
         sh(&self.restore);
