@@ -146,28 +146,27 @@ impl Ledger {
         Self { writes: tx, checks }
     }
 
-    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, LedgerClosed> {
-        let (tx, rx) = oneshot::channel();
-        self.writes.send(op(tx)).await.map_err(|_| LedgerClosed)?;
-        rx.await.map_err(|_| LedgerClosed)
-    }
-
     pub async fn check(&self, key: Arc<JobKey>) -> Result<Check, LedgerClosed> {
-        let (tx, rx) = oneshot::channel();
-        self.checks
-            .send((key, tx))
-            .await
-            .map_err(|_| LedgerClosed)?;
-        rx.await.map_err(|_| LedgerClosed)
+        ask(&self.checks, |tx| (key, tx)).await
     }
 
     pub async fn mark_running(&self, key: Arc<JobKey>) -> Result<(), LedgerClosed> {
-        self.call(|tx| Op::Mark(key, tx)).await
+        ask(&self.writes, |tx| Op::Mark(key, tx)).await
     }
 
     pub async fn finish(&self, key: Arc<JobKey>, finish: Finish) -> Result<(), LedgerClosed> {
-        self.call(|tx| Op::Finish(key, finish, tx)).await
+        ask(&self.writes, |tx| Op::Finish(key, finish, tx)).await
     }
+}
+
+/// Queues an op for a ledger task and waits for its answer.
+async fn ask<O, T>(
+    to: &mpsc::Sender<O>,
+    op: impl FnOnce(oneshot::Sender<T>) -> O,
+) -> Result<T, LedgerClosed> {
+    let (tx, rx) = oneshot::channel();
+    to.send(op(tx)).await.map_err(|_| LedgerClosed)?;
+    rx.await.map_err(|_| LedgerClosed)
 }
 
 const IDLE_PROBE: Duration = Duration::from_secs(5);
