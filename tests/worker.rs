@@ -59,6 +59,86 @@ async fn succeeded_job_id_is_not_run_again() {
     env.cleanup().await;
 }
 
+/// The ledger finishes a job it checked as new with a plain INSERT. When two workers run the
+/// same new job id at once (published twice), the second insert hits the primary key: its
+/// batch, with the other jobs in it, is rewritten as upserts rather than failing or retrying
+/// forever, and the job is recorded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn ledger_records_a_job_run_twice_at_once_exactly_once() {
+    use std::sync::Arc;
+    use warren_core::telemetry::Health;
+    use warren_workers::ledger::{Check, Finish, JobKey, Ledger, Status};
+
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let replica = || Ledger::start(env.pool.clone(), Health::new(&["database"]), 64, 1);
+    let (a, b) = (replica(), replica());
+    let key = |job_id: &str| {
+        Arc::new(JobKey {
+            job_id: job_id.to_owned(),
+            task: "demo.noop".into(),
+            queue: "default".into(),
+        })
+    };
+    let finish = |status, fresh| Finish {
+        status,
+        error: None,
+        attempt_delta: 1,
+        started_at: chrono::Utc::now(),
+        fresh,
+    };
+    let (twice, other) = (key(&id()), key(&id()));
+    assert_eq!(a.check(twice.clone()).await.unwrap(), Check::New);
+    assert_eq!(b.check(twice.clone()).await.unwrap(), Check::New);
+    assert_eq!(b.check(other.clone()).await.unwrap(), Check::New);
+
+    a.finish(twice.clone(), finish(Status::Succeeded, true))
+        .await
+        .unwrap();
+    // B's finishes, in one batch if they meet: the conflicting one and an innocent one.
+    let (x, y) = tokio::time::timeout(T, async {
+        tokio::join!(
+            b.finish(twice.clone(), finish(Status::Succeeded, true)),
+            b.finish(other.clone(), finish(Status::Failed, true)),
+        )
+    })
+    .await
+    .expect("a conflicting plain insert must not stall the ledger");
+    x.unwrap();
+    y.unwrap();
+
+    let row = env.job(&twice.job_id).await.unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("succeeded", 1),
+        "{row:?}"
+    );
+    let row = env.job(&other.job_id).await.unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("failed", 1),
+        "{row:?}"
+    );
+    assert_eq!(env.job_rows().await, 2);
+    assert_eq!(
+        a.check(twice.clone()).await.unwrap(),
+        Check::AlreadySucceeded
+    );
+    // A row that exists but did not succeed: run again, finished by the upsert.
+    assert_eq!(a.check(other.clone()).await.unwrap(), Check::Again);
+    a.finish(other.clone(), finish(Status::Succeeded, false))
+        .await
+        .unwrap();
+    let row = env.job(&other.job_id).await.unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("succeeded", 2),
+        "{row:?}"
+    );
+    // The ledgers' tasks hold pool connections until their handles are gone; cleanup closes
+    // the pool, which waits for every connection to come back.
+    drop((a, b));
+    env.cleanup().await;
+}
 /// Acceptance + semantic 5: retryable failures go through growing delay tiers, then the DLQ
 /// as `exhausted` with the brief's headers and the original body.
 #[tokio::test(flavor = "multi_thread")]
@@ -302,6 +382,33 @@ async fn metrics_show_outcomes_and_duration_buckets() {
         1.0
     );
     assert_eq!(metric(&m, "warren_broker_connected", &[]), 1.0);
+    // Each job was checked once and finished once; each statement took some time, and a
+    // group commit on a local disk takes well under a second (the top bucket).
+    for op in ["check", "write"] {
+        let count = metric(
+            &m,
+            "warren_ledger_statement_seconds_count",
+            &[&format!("op=\"{op}\"")],
+        );
+        assert!(
+            (1.0..=2.0).contains(&count),
+            "{op}: {count} statements\n{m}"
+        );
+        let under_1s = metric(
+            &m,
+            "warren_ledger_statement_seconds_bucket",
+            &[&format!("op=\"{op}\""), "le=\"1\""],
+        );
+        assert_eq!(under_1s, count, "{op}\n{m}");
+        assert!(
+            metric(
+                &m,
+                "warren_ledger_statement_seconds_sum",
+                &[&format!("op=\"{op}\"")]
+            ) > 0.0,
+            "{m}"
+        );
+    }
     // The dead letter is counted under its task, not the queue it was routed by.
     assert_eq!(
         metric(

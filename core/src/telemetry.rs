@@ -26,6 +26,11 @@ pub mod names {
     pub const BROKER_RECONNECTS: &str = "warren_broker_reconnects_total";
     /// histogram: rows per job-ledger group commit.
     pub const LEDGER_BATCH_SIZE: &str = "warren_ledger_batch_size";
+    /// histogram {op = write|check}: wall time of one job-ledger statement, seconds: a group
+    /// commit including its WAL flush (`write`), or one batch of duplicate checks (`check`).
+    /// Every job waits for at least one of each, so this bounds a worker's throughput at
+    /// about prefetch ÷ (check + 2 × write) jobs/s.
+    pub const LEDGER_STATEMENT_DURATION: &str = "warren_ledger_statement_seconds";
     /// counter: ledger writes that failed and were retried (PostgreSQL trouble).
     pub const LEDGER_ERRORS: &str = "warren_ledger_errors_total";
     /// gauge: 1 on the scheduler replica that holds leadership, 0 on the others.
@@ -93,10 +98,20 @@ pub fn metrics_handle() -> PrometheusHandle {
                 60.0, 300.0,
             ];
             const BATCH: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
+            // A WAL flush takes from ≈ 0.1 ms (a quiet local disk) to tens of ms.
+            const STATEMENT: &[f64] = &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(names::LEDGER_BATCH_SIZE.into()), BATCH)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::LEDGER_STATEMENT_DURATION.into()),
+                        STATEMENT,
+                    )
                 })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
@@ -119,6 +134,11 @@ fn describe() {
         "Broker connections re-established"
     );
     describe_histogram!(names::LEDGER_BATCH_SIZE, "Rows per job-ledger group commit");
+    describe_histogram!(
+        names::LEDGER_STATEMENT_DURATION,
+        Unit::Seconds,
+        "Job-ledger statement wall time: a group commit with its WAL flush, or a batch of checks"
+    );
     describe_counter!(
         names::LEDGER_ERRORS,
         "Job-ledger writes retried after an error"

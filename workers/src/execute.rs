@@ -277,7 +277,8 @@ async fn process(
         }
     };
 
-    if s.ledger.check(key.clone()).await? == Check::AlreadySucceeded {
+    let check = s.ledger.check(key.clone()).await?;
+    if check == Check::AlreadySucceeded {
         tracing::info!("job already succeeded; acking duplicate without running it");
         return Ok(Outcome::Duplicate);
     }
@@ -287,6 +288,7 @@ async fn process(
     let mut ran = Attempt {
         started_at: chrono::Utc::now(),
         delta: 1,
+        fresh: check == Check::New,
     };
     let run = tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind());
     tokio::pin!(run);
@@ -301,6 +303,7 @@ async fn process(
             let (marked, r) = tokio::join!(Box::pin(s.ledger.mark_running(key.clone())), &mut run);
             marked?;
             ran.delta = 0;
+            ran.fresh = false;
             r
         }
     };
@@ -348,6 +351,8 @@ struct Attempt {
     started_at: chrono::DateTime<chrono::Utc>,
     /// 1 if the handler ran and no mark counted it yet.
     delta: i32,
+    /// The ledger has no row for this job (see [`Finish::fresh`]).
+    fresh: bool,
 }
 
 impl Attempt {
@@ -356,6 +361,8 @@ impl Attempt {
         Self {
             started_at: chrono::Utc::now(),
             delta: 0,
+            // Not checked: the row may exist.
+            fresh: false,
         }
     }
 
@@ -365,6 +372,7 @@ impl Attempt {
             error,
             attempt_delta: self.delta,
             started_at: self.started_at,
+            fresh: self.fresh,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A delivery touches the ledger up to three times:
 //! - **check** before the handler runs: a job id whose row is `succeeded` is a duplicate
-//!   (acked, not run). This is a read.
+//!   (acked, not run). This is a read. It also says whether any row exists: a job with none
+//!   (the common case) is finished by a plain `INSERT` instead of an upsert.
 //! - **mark running** only if the handler is still running after [`MARK_RUNNING_AFTER`]:
 //!   the row becomes `running` and `attempts` grows by one. Short jobs skip this write, so
 //!   a fast job costs one ledger row write instead of two.
@@ -37,7 +38,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -73,8 +74,10 @@ pub struct JobKey {
 /// Result of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    /// Run it.
-    Run,
+    /// Run it: the ledger has no row for this job yet (its first recorded attempt).
+    New,
+    /// Run it: an earlier attempt left a row (`failed`, `running` or `dead_lettered`).
+    Again,
     /// The job already succeeded: ack as duplicate, do not run.
     AlreadySucceeded,
 }
@@ -91,6 +94,12 @@ pub struct Finish {
     pub attempt_delta: i32,
     /// When the handler started (or the delivery was judged, if nothing ran).
     pub started_at: DateTime<Utc>,
+    /// The check found no row and nothing wrote one since (no running mark): the finish is a
+    /// plain `INSERT`, which costs PostgreSQL about a third less than the upsert (no
+    /// speculative insertion). Should another worker insert the same job id meanwhile (the
+    /// same job published twice and run by two replicas at once), the batch fails on the
+    /// primary key and is rerun at once as upserts, which is the answer it would have had.
+    pub fresh: bool,
 }
 
 /// The ledger writer has stopped (the worker is shutting down).
@@ -270,6 +279,7 @@ impl Task {
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>, max_batch: usize) {
+    let write_seconds = metrics::histogram!(names::LEDGER_STATEMENT_DURATION, "op" => "write");
     let mut carry: Vec<Op> = Vec::new();
     let mut buf: Vec<Op> = Vec::with_capacity(max_batch);
     loop {
@@ -312,11 +322,17 @@ async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
         let mut backoff = FIRST_BACKOFF;
         loop {
             let written = match task.conn().await {
-                Ok(c) => write(c, &batch).await,
+                Ok(c) => timed(&write_seconds, write(c, &batch)).await,
                 Err(e) => Err(e),
             };
             match written {
                 Ok(()) => break,
+                Err(e) if is_unique_violation(&e) && batch.any_fresh() => {
+                    // Another worker recorded one of these job ids since it was checked.
+                    // The statement rolled back as a whole; write the batch as upserts.
+                    tracing::debug!("a job id checked as new was recorded meanwhile; rewriting the ledger batch as upserts");
+                    batch.no_fresh();
+                }
                 Err(e) => task.failed(&e, "write", &mut backoff).await,
             }
         }
@@ -331,12 +347,13 @@ async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
 }
 
 async fn checker(mut task: Task, mut rx: mpsc::Receiver<CheckOp>, max_batch: usize) {
+    let check_seconds = metrics::histogram!(names::LEDGER_STATEMENT_DURATION, "op" => "check");
     let mut batch: Vec<CheckOp> = Vec::with_capacity(max_batch);
     while task.next(&mut rx, &mut batch, max_batch).await {
         let mut backoff = FIRST_BACKOFF;
-        let succeeded = loop {
+        let recorded = loop {
             let read = match task.conn().await {
-                Ok(c) => read_succeeded(c, &batch).await,
+                Ok(c) => timed(&check_seconds, read_recorded(c, &batch)).await,
                 Err(e) => Err(e),
             };
             match read {
@@ -346,14 +363,22 @@ async fn checker(mut task: Task, mut rx: mpsc::Receiver<CheckOp>, max_batch: usi
         };
         task.report(true);
         for (k, tx) in batch.drain(..) {
-            let c = if succeeded.contains(&k.job_id) {
-                Check::AlreadySucceeded
-            } else {
-                Check::Run
+            let c = match recorded.get(&k.job_id) {
+                None => Check::New,
+                Some(false) => Check::Again,
+                Some(true) => Check::AlreadySucceeded,
             };
             let _ = tx.send(c);
         }
     }
+}
+
+/// Runs a statement and records its wall time, successful or not.
+async fn timed<T>(into: &metrics::Histogram, statement: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = statement.await;
+    into.record(started.elapsed().as_secs_f64());
+    out
 }
 
 #[derive(Default)]
@@ -362,21 +387,39 @@ struct Batch {
     finishes: Vec<(Arc<JobKey>, Finish, oneshot::Sender<()>)>,
 }
 
-/// The checked job ids that already succeeded. A read-only statement: its implicit
-/// transaction commits without writing (or flushing) WAL.
-async fn read_succeeded(
+impl Batch {
+    fn any_fresh(&self) -> bool {
+        self.finishes.iter().any(|f| f.1.fresh)
+    }
+
+    /// Every finish becomes an upsert.
+    fn no_fresh(&mut self) {
+        for f in &mut self.finishes {
+            f.1.fresh = false;
+        }
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// Which of the checked job ids have a row, and whether it is `succeeded`. A read-only
+/// statement: its implicit transaction commits without writing (or flushing) WAL. Fresh
+/// jobs, the common case, match no row.
+async fn read_recorded(
     conn: &mut PgConnection,
     checks: &[CheckOp],
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<HashMap<String, bool>, sqlx::Error> {
     let ids: Vec<&str> = checks.iter().map(|x| x.0.job_id.as_str()).collect();
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT job_id FROM job_runs WHERE job_id = ANY($1::text[]) AND status = 'succeeded'",
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT job_id, status = 'succeeded' FROM job_runs WHERE job_id = ANY($1::text[])",
     )
     .bind(&ids)
     // Prepared and planned once per connection (see the module docs).
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(rows.into_iter().collect())
 }
 
 /// Runs a batch of writes as one statement (one durable commit).
@@ -389,17 +432,25 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<(), sqlx::Error> {
     let errors: Vec<Option<&str>> = f.iter().map(|x| x.1.error.as_deref()).collect();
     let deltas: Vec<i32> = f.iter().map(|x| x.1.attempt_delta).collect();
     let starts: Vec<DateTime<Utc>> = f.iter().map(|x| x.1.started_at).collect();
+    let fresh: Vec<bool> = f.iter().map(|x| x.1.fresh).collect();
     let mark_ids: Vec<&str> = b.marks.iter().map(|x| x.0.job_id.as_str()).collect();
     let mark_tasks: Vec<&str> = b.marks.iter().map(|x| x.0.task.as_str()).collect();
     let mark_queues: Vec<&str> = b.marks.iter().map(|x| x.0.queue.as_str()).collect();
     sqlx::query(
-        "WITH fin AS (
+        "WITH u AS (
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                $6::int4[], $7::timestamptz[], $11::bool[])
+                    AS u(id, task, queue, status, err, delta, started, fresh)
+         ), new AS (
+           INSERT INTO job_runs
+                  (job_id, task, queue, status, attempts, last_error, started_at, finished_at)
+           SELECT id, task, queue, status::job_status, delta, err, started, now()
+             FROM u WHERE fresh
+         ), fin AS (
            INSERT INTO job_runs AS j
                   (job_id, task, queue, status, attempts, last_error, started_at, finished_at)
            SELECT id, task, queue, status::job_status, delta, err, started, now()
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::int4[], $7::timestamptz[])
-                  AS u(id, task, queue, status, err, delta, started)
+             FROM u WHERE NOT fresh
            ON CONFLICT (job_id) DO UPDATE
               SET status = EXCLUDED.status,
                   attempts = j.attempts + EXCLUDED.attempts,
@@ -427,6 +478,7 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<(), sqlx::Error> {
     .bind(&mark_ids)
     .bind(&mark_tasks)
     .bind(&mark_queues)
+    .bind(&fresh)
     // Prepared and planned once per connection (see the module docs).
     .execute(conn)
     .await?;
