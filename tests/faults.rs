@@ -1,5 +1,8 @@
-//! Fault tests: restart RabbitMQ, stop PostgreSQL, kill -9 workers — and prove that every
-//! job still ends succeeded exactly once, with nothing dead-lettered by the outage.
+//! Fault tests: restart RabbitMQ (issue #7 case 4), stop PostgreSQL for two minutes
+//! (case 11), kill -9 workers — and prove that every job still ends succeeded, with
+//! nothing dead-lettered by the outage. Each ends with issue #7's global invariants
+//! (`common::invariants::assert_invariants`): every job settled, succeeded or dead-lettered
+//! with its reason, none retried without bound.
 //!
 //! These tests stop shared services, so they run one at a time (a process-wide lock) and
 //! in their own test binary (cargo runs test binaries one after another). A guard restarts
@@ -7,28 +10,32 @@
 
 mod common;
 
+use common::invariants::assert_invariants;
 use common::*;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Case 11: how long PostgreSQL stays down (the issue says two minutes).
+const PG_OUTAGE: Duration = Duration::from_secs(120);
 
-/// Semantic 8: a RabbitMQ restart mid-run: /readyz goes 503, the worker reconnects,
-/// redeclares and finishes every job exactly once.
+/// Deliveries a worker finished with `outcome`, all tasks.
+async fn processed(w: &Worker, outcome: &str) -> f64 {
+    metric(
+        &w.metrics().await,
+        "warren_jobs_processed_total",
+        &[&format!("outcome=\"{outcome}\"")],
+    )
+}
+
+/// Case 4 (semantic 8): a RabbitMQ restart mid-run: /readyz goes 503, the worker
+/// reconnects, redeclares and finishes every job, none dead-lettered.
 #[tokio::test(flavor = "multi_thread")]
 async fn rabbitmq_restart_mid_run_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new(FAST_CONFIG).await;
-    let out = env.run(&[
-        "publish",
-        "demo.sleep",
-        "--payload",
-        r#"{"ms":20}"#,
-        "--count",
-        "300",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let ids = env.publish_sleeps(300, 20).await;
     let mut w = env.worker(&["--queue", "default", "--prefetch", "10"]);
     w.wait_ready(T).await;
     eventually(T, "some jobs done", || async {
@@ -46,7 +53,8 @@ async fn rabbitmq_restart_mid_run_loses_nothing() {
     assert_eq!(env.job_rows().await, 300);
     assert!(metric(&w.metrics().await, "warren_broker_reconnects_total", &[]) >= 1.0);
     assert_eq!(env.ready(&env.queue("default")).await, 0);
-    assert_eq!(env.ready(&format!("{}.default.dlq", env.ns)).await, 0);
+    let dead = assert_invariants(&env, &ids, T).await;
+    assert!(dead.is_empty(), "{dead:?}");
     assert!(
         w.child.try_wait().unwrap().is_none(),
         "worker exited:\n{}",
@@ -56,68 +64,86 @@ async fn rabbitmq_restart_mid_run_loses_nothing() {
     env.cleanup().await;
 }
 
-/// Semantic 9: with PostgreSQL down the worker holds its prefetch and waits — no nack loop
-/// burning delivery limits, nothing dead-lettered — and resumes when PostgreSQL returns.
+/// Case 11 (semantic 9): PostgreSQL stopped for two minutes under load. The worker holds its
+/// prefetch and waits — no nack loop burning delivery limits, nothing dead-lettered, the
+/// process up and `/readyz` 503 with `"database": false` the whole time while jobs keep
+/// being published — and when PostgreSQL returns every job succeeds, each handler run once.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_outage_pauses_work_without_burning_deliveries() {
     let _serial = SERIAL.lock().await;
+    // A delivery limit of 2: two redeliveries of one message would dead-letter it.
     let config = format!("{FAST_CONFIG}\n[queues.default]\ndelivery_limit = 2\n");
     let env = TestEnv::new(&config).await;
     let mut w = env.worker(&["--queue", "default", "--prefetch", "5"]);
     w.wait_ready(T).await;
-    let out = env.run(&[
-        "publish",
-        "demo.sleep",
-        "--payload",
-        r#"{"ms":50}"#,
-        "--count",
-        "20",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let mut ids = env.publish_sleeps(20, 50).await;
     eventually(T, "some jobs done", || async {
         env.count_status("succeeded").await >= 5
     })
     .await;
+    let dlq = format!("{}.default.dlq", env.ns);
     {
         let _down = Outage::postgres();
-        let out = env.run(&[
-            "publish",
-            "demo.sleep",
-            "--payload",
-            r#"{"ms":50}"#,
-            "--count",
-            "20",
-        ]);
-        assert!(
-            out.status.success(),
-            "publishing needs no database: {}",
-            stderr(&out)
-        );
+        let down = Instant::now();
         eventually(T, "/readyz 503 while PostgreSQL is down", || async {
             w.readyz_status().await == Some(503)
         })
         .await;
-        // Long enough for a nack-requeue loop to blow through a delivery limit of 2 many
-        // times over.
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        assert_eq!(env.ready(&format!("{}.default.dlq", env.ns)).await, 0);
+        eprintln!("case 11: /readyz 503 after {:?}", down.elapsed());
+        // Load all along: 5 jobs every 10 s (publishing needs no database). Every second the
+        // worker must still be up and unready for the database only, with nothing dead-
+        // lettered.
+        let mut next_batch = Instant::now();
+        while down.elapsed() < PG_OUTAGE {
+            if Instant::now() >= next_batch {
+                ids.extend(env.publish_sleeps(5, 50).await);
+                next_batch += Duration::from_secs(10);
+            }
+            let (status, body) = w.readyz().await.expect("/readyz answers");
+            assert_eq!(status, 503, "ready while PostgreSQL is down: {body}");
+            assert_eq!(body["database"], false, "{body}");
+            assert_eq!(body["broker"], true, "{body}");
+            assert!(
+                w.child.try_wait().unwrap().is_none(),
+                "worker exited:\n{}",
+                w.logs()
+            );
+            assert_eq!(env.ready(&dlq).await, 0, "dead-lettered during the outage");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // The worker held at most its prefetch; the rest waited in the queue.
         assert!(
-            env.ready(&env.queue("default")).await >= 10,
+            env.ready(&env.queue("default")).await as usize >= ids.len() - 20 - 5,
             "the worker kept consuming"
         );
-        assert!(
-            w.child.try_wait().unwrap().is_none(),
-            "worker exited:\n{}",
-            w.logs()
+        assert_eq!(processed(&w, "dead_lettered").await, 0.0);
+        assert!(metric(&w.metrics().await, "warren_ledger_errors_total", &[]) >= 1.0);
+        eprintln!(
+            "case 11: PostgreSQL back after {:?}, {} jobs published",
+            down.elapsed(),
+            ids.len()
         );
     }
-    eventually(T, "all 40 succeeded after PostgreSQL returned", || async {
-        env.count_status("succeeded").await == 40
-    })
+    let n = ids.len() as i64;
+    eventually(
+        T,
+        "every job succeeded after PostgreSQL returned",
+        || async { env.count_status("succeeded").await == n },
+    )
     .await;
-    assert_eq!(env.job_rows().await, 40);
-    assert_eq!(env.ready(&format!("{}.default.dlq", env.ns)).await, 0);
     w.wait_ready(T).await;
+    assert_eq!(env.job_rows().await, n);
+    // No delivery was returned to the queue meanwhile: each handler ran once, no
+    // redelivery was acked as a duplicate, nothing was dead-lettered.
+    let twice: Vec<(String, i32)> =
+        sqlx::query_as("SELECT job_id, attempts FROM job_runs WHERE attempts <> 1")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(twice, vec![], "handlers ran more than once");
+    assert_eq!(processed(&w, "duplicate").await, 0.0);
+    let dead = assert_invariants(&env, &ids, T).await;
+    assert!(dead.is_empty(), "{dead:?}");
     drop(w);
     env.cleanup().await;
 }
@@ -147,6 +173,7 @@ async fn ack_waits_for_the_ledger_commit() {
     w.wait_ready(T).await;
     let row = env.wait_status(&job, "succeeded", T).await;
     assert_eq!(row.attempts, 2, "{row:?}");
+    assert_invariants(&env, std::slice::from_ref(&job), T).await;
     drop(w);
     env.cleanup().await;
 }
@@ -156,15 +183,7 @@ async fn ack_waits_for_the_ledger_commit() {
 async fn kill_9_mid_run_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new(FAST_CONFIG).await;
-    let out = env.run(&[
-        "publish",
-        "demo.sleep",
-        "--payload",
-        r#"{"ms":5}"#,
-        "--count",
-        "400",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let ids = env.publish_sleeps(400, 5).await;
     for threshold in [60, 200] {
         let mut w = env.worker(&["--queue", "default", "--prefetch", "20"]);
         w.wait_ready(T).await;
@@ -185,7 +204,8 @@ async fn kill_9_mid_run_loses_nothing() {
         env.ready(&env.queue("default")).await == 0
     })
     .await;
-    assert_eq!(env.ready(&format!("{}.default.dlq", env.ns)).await, 0);
+    let dead = assert_invariants(&env, &ids, T).await;
+    assert!(dead.is_empty(), "{dead:?}");
     drop(w);
     env.cleanup().await;
 }

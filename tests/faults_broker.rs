@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::invariants::{assert_bounded_attempts, assert_jobs_settled};
+use common::invariants::assert_invariants;
 use common::proxy::Proxy;
 use common::*;
 use serde_json::json;
@@ -21,17 +21,6 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(60);
 /// Ordinary cases share it; cases that change or restart the broker take it exclusively.
 static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-async fn publish_sleeps(env: &TestEnv, n: usize, ms: u64) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        ids.push(
-            env.publish_json("demo.sleep", json!({ "ms": ms }), &id())
-                .await,
-        );
-    }
-    ids
-}
 
 /// Ids among `ids` whose handler started more than once.
 async fn ran_twice(env: &TestEnv, ids: &[String]) -> Vec<(String, i32)> {
@@ -56,7 +45,7 @@ async fn case_05_blackholed_broker_traffic_is_detected() {
         &[("AMQP_URL", url.as_str())],
     );
     w.wait_ready(T).await;
-    let mut ids = publish_sleeps(&env, 150, 20).await;
+    let mut ids = env.publish_sleeps(150, 20).await;
     eventually(T, "some jobs done", || async {
         env.count_status("succeeded").await >= 20
     })
@@ -71,7 +60,7 @@ async fn case_05_blackholed_broker_traffic_is_detected() {
     let detected = cut.elapsed();
     // Jobs published during the cut wait in the queue (the harness talks to RabbitMQ
     // directly, not through the proxy).
-    ids.extend(publish_sleeps(&env, 50, 5).await);
+    ids.extend(env.publish_sleeps(50, 5).await);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(w.readyz_status().await, Some(503), "ready again while cut");
     assert!(
@@ -82,7 +71,7 @@ async fn case_05_blackholed_broker_traffic_is_detected() {
     let before_heal = proxy.accepted();
     proxy.set_blackhole(false);
 
-    assert_jobs_settled(&env, &ids, Duration::from_secs(120)).await;
+    assert_invariants(&env, &ids, Duration::from_secs(120)).await;
     w.wait_ready(T).await;
     assert_eq!(env.count_status("succeeded").await, ids.len() as i64);
     assert_eq!(env.job_rows().await, ids.len() as i64);
@@ -92,7 +81,6 @@ async fn case_05_blackholed_broker_traffic_is_detected() {
         "no reconnect"
     );
     assert!(metric(&w.metrics().await, "warren_broker_reconnects_total", &[]) >= 1.0);
-    assert_bounded_attempts(&env).await;
     eprintln!("case 5: blackhole detected after {detected:?}");
     drop(w);
     env.cleanup().await;
@@ -147,7 +135,7 @@ async fn case_07_transient_failure_forever_is_bounded() {
         "only {done_while_failing} other jobs finished while the failing ones retried"
     );
     let all: Vec<String> = failing.iter().chain(&noops).cloned().collect();
-    let dead = assert_jobs_settled(&env, &all, T).await;
+    let dead = assert_invariants(&env, &all, T).await;
     for job in &failing {
         let d = &dead[job];
         assert_eq!(d.kind.as_deref(), Some("exhausted"), "{d:?}");
@@ -156,7 +144,6 @@ async fn case_07_transient_failure_forever_is_bounded() {
     }
     assert_eq!(dead.len(), 3, "other jobs were dead-lettered: {dead:?}");
     assert_eq!(ran_twice(&env, &noops).await, vec![]);
-    assert_bounded_attempts(&env).await;
     drop(w);
     env.cleanup().await;
 }
@@ -228,12 +215,11 @@ async fn case_20_workers_scaled_1_5_1_under_load() {
     };
     let (ids, busy) = tokio::join!(publisher, scaler);
     assert!(busy >= 2, "only {busy} of the 4 added workers got work");
-    assert_jobs_settled(&env, &ids, Duration::from_secs(120)).await;
+    assert_invariants(&env, &ids, Duration::from_secs(120)).await;
     assert_eq!(env.count_status("succeeded").await, ids.len() as i64);
     assert_eq!(env.job_rows().await, ids.len() as i64);
     assert_eq!(ran_twice(&env, &ids).await, vec![], "a job ran twice");
     assert_eq!(env.ready(&env.queue("default")).await, 0);
-    assert_bounded_attempts(&env).await;
     eprintln!("case 20: {} jobs", ids.len());
     assert!(
         first.child.try_wait().unwrap().is_none(),
@@ -317,10 +303,10 @@ async fn case_16_job_longer_than_consumer_timeout() {
     .await;
     w.wait_ready(T).await;
     // Not idle while healthy: new work after the reconnect runs.
-    let after = publish_sleeps(&env, 5, 1).await;
+    let after = env.publish_sleeps(5, 1).await;
     let mut all = after.clone();
     all.push(long.clone());
-    let dead = assert_jobs_settled(&env, &all, Duration::from_secs(120)).await;
+    let dead = assert_invariants(&env, &all, Duration::from_secs(120)).await;
     let row = env.job(&long).await.unwrap();
     eprintln!(
         "case 16: long job {row:?}, dead letter {:?}",
@@ -337,7 +323,6 @@ async fn case_16_job_longer_than_consumer_timeout() {
         env.ready(&env.queue("default")).await == 0
     })
     .await;
-    assert_bounded_attempts(&env).await;
     assert!(w.child.try_wait().unwrap().is_none(), "{}", w.logs());
     drop(w);
     env.cleanup().await;
@@ -345,12 +330,12 @@ async fn case_16_job_longer_than_consumer_timeout() {
 
 /// Case 18: jobs waiting in several delay tiers (delayed publishes and retries) when
 /// RabbitMQ restarts: all end succeeded, none lost, none run before its delay.
-/// Fails on RabbitMQ 3.10.8: after `start_app`, expired messages in the quorum delay tiers
-/// stay in the tiers' at-least-once dead-letter buffer ("Cannot forward any dead-letter
-/// messages ... dead-letter-exchange ... does not exist" in the broker log, although the
-/// durable exchange exists) until the queue's Ra server is restarted. See docs/reliability.md.
+/// On RabbitMQ 3.10 a tier whose quorum queue recovers before the exchanges finds no
+/// dead-letter exchange for the messages that expired meanwhile, keeps them in its
+/// at-least-once dead-letter buffer and retries only after the broker's
+/// `dead_letter_worker_publisher_confirm_timeout` (180 s by default): hence the long settle
+/// time. See docs/reliability.md, case 18.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails on RabbitMQ 3.10.8: delay-tier dead-lettering stalls after a broker restart (docs/reliability.md, case 18)"]
 async fn case_18_mixed_retry_delays_across_broker_restart() {
     let _exclusive = SERIAL.write().await;
     let env = TestEnv::new("[retry]\ntiers = [\"2s\", \"5s\", \"10s\"]\n").await;
@@ -401,7 +386,13 @@ async fn case_18_mixed_retry_delays_across_broker_restart() {
         .map(|(id, _, _)| id.clone())
         .chain(retried.iter().cloned())
         .collect();
-    assert_jobs_settled(&env, &all, Duration::from_secs(120)).await;
+    let restarted = std::time::Instant::now();
+    assert_invariants(&env, &all, Duration::from_secs(260)).await;
+    eprintln!(
+        "case 18: {} jobs settled {:?} after the restart",
+        all.len(),
+        restarted.elapsed()
+    );
     assert_eq!(env.count_status("succeeded").await, all.len() as i64);
     for (job, ms, at) in &delayed {
         let started: chrono::DateTime<chrono::Utc> =
@@ -420,7 +411,6 @@ async fn case_18_mixed_retry_delays_across_broker_restart() {
         let row = env.job(job).await.unwrap();
         assert!(row.attempts >= 2, "{job} was not retried: {row:?}");
     }
-    assert_bounded_attempts(&env).await;
     w.wait_ready(T).await;
     drop(w);
     env.cleanup().await;

@@ -2,13 +2,18 @@
 //! storms and duplicate deliveries around a renewal charge, with the real workers, provider
 //! simulator, RabbitMQ and PostgreSQL. None of them stops a service: a worker is `kill -9`'d,
 //! its PostgreSQL connections are terminated, or the simulator misbehaves. Each case ends with
-//! the money invariant (`common::money::assert_money`) and the job's ledger row settled.
+//! issue #7's global invariants: the money invariant (`common::money::assert_money`: at most
+//! one paid charge per subscription and period, the simulator's ledger equal to
+//! `payment_transactions`), and every job — the test's and any the scheduler enqueued —
+//! succeeded or dead-lettered with its reason, none retried without bound
+//! (`common::invariants::assert_invariants`).
 //!
 //! Every window is opened by a poll, never by a sleep: the simulator's ledger
 //! (`GET /__sim/charges`) says when a charge exists, `pg_stat_activity` when a commit waits.
 
 mod common;
 
+use common::invariants::assert_invariants;
 use common::money::assert_money;
 use common::sim::*;
 use common::*;
@@ -105,6 +110,7 @@ async fn case_01_kill9_after_provider_charged_before_commit() {
     assert_eq!(sim.charges().await.len(), 1);
     assert_card_states(&env).await;
     assert_money(&env, &sim).await;
+    assert_invariants(&env, &["case01".into()], T).await;
     env.cleanup().await;
 }
 
@@ -159,6 +165,8 @@ async fn case_02_kill9_before_provider_call() {
     );
     assert_card_states(&env).await;
     assert_money(&env, &sim).await;
+    let jobs: Vec<String> = (0..4).map(|i| format!("case02-{i}")).collect();
+    assert_invariants(&env, &jobs, T).await;
     env.cleanup().await;
 }
 
@@ -232,6 +240,7 @@ async fn case_12_commit_fails_after_provider_charged() {
     assert!(job.attempts >= 2, "{job:?}");
     assert_card_states(&env).await;
     assert_money(&env, &sim).await;
+    assert_invariants(&env, &["case12".into()], T).await;
     env.cleanup().await;
 }
 
@@ -281,6 +290,14 @@ async fn case_13_provider_error_storms() {
     let expect =
         cards(&env, "429").await + cards(&env, "500once").await + 5 * cards(&env, "500").await;
     assert_eq!(throttled, expect as f64);
+    // Every renewal the scheduler enqueued settled; the 500 cards' with reason `exhausted`.
+    let dead = assert_invariants(&env, &[], T).await;
+    assert_eq!(dead.len() as i64, cards(&env, "500").await, "{dead:?}");
+    assert!(
+        dead.values()
+            .all(|d| d.kind.as_deref() == Some("exhausted")),
+        "{dead:?}"
+    );
     env.cleanup().await;
 }
 
@@ -371,6 +388,8 @@ async fn case_14_same_job_two_replicas_concurrently() {
     .await;
     let job = env.job("case14-demo").await.unwrap();
     assert_eq!((job.status.as_str(), job.attempts), ("succeeded", 2));
+    let jobs = ["case14-renewal".to_string(), "case14-demo".to_string()];
+    assert_invariants(&env, &jobs, T).await;
     drop((a, b));
     env.cleanup().await;
 }

@@ -1,6 +1,7 @@
-//! Issue #7's global job invariants, checked after a fault case: every confirmed job ends
-//! `succeeded`, or `dead_lettered` and sitting in its queue's DLQ with a reason; no job ran
-//! without bound.
+//! Issue #7's global job invariants, checked after every fault case: every confirmed job
+//! ends `succeeded`, or `dead_lettered` and sitting in its queue's DLQ with a reason; no job
+//! ran without bound. [`assert_invariants`] checks both; money cases add
+//! `money::assert_money`.
 #![allow(dead_code)]
 
 use super::TestEnv;
@@ -158,4 +159,40 @@ pub async fn assert_bounded_attempts(env: &TestEnv) {
             assert!(n <= MAX_ATTEMPTS, "{id} dead-lettered after {n} attempts");
         }
     }
+}
+
+/// Every job id the system knows of besides the test's own `published` ids: each
+/// `job_runs` row (whoever published it) and each renewal the scheduler enqueued
+/// (`renewal_enqueues`, written once the broker confirmed the publish).
+pub async fn known_job_ids(env: &TestEnv, published: &[String]) -> Vec<String> {
+    let mut ids: Vec<String> = published.to_vec();
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT job_id FROM job_runs
+         UNION SELECT job_id::text FROM renewal_enqueues",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let mut seen: HashSet<String> = ids.iter().cloned().collect();
+    for id in found {
+        if seen.insert(id.clone()) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// The global invariants after a fault case: every job the test published (`published`)
+/// and every other job the ledger or the scheduler knows of settled within `within`
+/// ([`assert_jobs_settled`]), and none ran without bound ([`assert_bounded_attempts`]).
+/// Returns the dead letters.
+pub async fn assert_invariants(
+    env: &TestEnv,
+    published: &[String],
+    within: Duration,
+) -> HashMap<String, DeadLetter> {
+    let ids = known_job_ids(env, published).await;
+    let dead = assert_jobs_settled(env, &ids, within).await;
+    assert_bounded_attempts(env).await;
+    dead
 }

@@ -39,6 +39,9 @@ pub struct TestEnv {
     pub conn: Connection,
     pub ch: Channel,
     pub pool: PgPool,
+    /// Processes started by [`TestEnv::spawn`], stopped by [`TestEnv::cleanup`] before it
+    /// deletes the namespace (a worker still running would redeclare it on reconnect).
+    spawned: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
 }
 
 /// Tiers short enough for tests; a default queue that gives up on crash loops quickly.
@@ -72,6 +75,7 @@ impl TestEnv {
             conn,
             ch,
             pool: PgPool::connect_lazy("postgres://postgres@127.0.0.1:5432/postgres").unwrap(),
+            spawned: Default::default(),
         };
         let out = env.run(&["migrate"]);
         assert!(out.status.success(), "migrate failed: {}", stderr(&out));
@@ -138,6 +142,7 @@ impl TestEnv {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("warren starts");
+        self.spawned.lock().unwrap().push(child.id());
         Worker { child, port, log }
     }
 
@@ -196,6 +201,16 @@ impl TestEnv {
         self.publish(task, payload.to_string().as_bytes(), props)
             .await;
         id.to_owned()
+    }
+
+    /// Publishes `n` `demo.sleep` jobs of `ms` each, confirmed, and returns their ids.
+    pub async fn publish_sleeps(&self, n: usize, ms: u64) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let payload = serde_json::json!({ "ms": ms });
+            ids.push(self.publish_json("demo.sleep", payload, &id()).await);
+        }
+        ids
     }
 
     pub async fn job(&self, id: &str) -> Option<JobRow> {
@@ -328,8 +343,26 @@ impl TestEnv {
         .unwrap()
     }
 
-    /// Deletes the namespace's queues and exchanges and drops its database.
+    /// Stops every process [`TestEnv::spawn`] started that is still running with this
+    /// namespace (a pid is signalled only while its environment names the namespace, so a
+    /// reaped and reused pid is left alone).
+    fn stop_spawned(&self) {
+        let marker = format!("WARREN_NAMESPACE={}", self.ns);
+        for pid in self.spawned.lock().unwrap().drain(..) {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let ours = environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
+            if ours {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+
+    /// Stops the processes this test spawned, deletes the namespace's queues and exchanges
+    /// and drops its database.
     pub async fn cleanup(self) {
+        self.stop_spawned();
         let file = warren_core_config(&self.config_path);
         let topo = warren_core::topology::Topology::new(&self.ns, &file).unwrap();
         if let Ok(ch) = self.conn.create_channel().await {
@@ -391,6 +424,13 @@ impl Worker {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `/readyz`'s status and JSON body (which check is down), if it answers.
+    pub async fn readyz(&self) -> Option<(u16, serde_json::Value)> {
+        let r = reqwest::get(self.url("/readyz")).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.json().await.ok()?))
     }
 
     pub async fn readyz_status(&self) -> Option<u16> {
