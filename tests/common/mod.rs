@@ -330,17 +330,13 @@ impl TestEnv {
         )
         .await
         .unwrap();
-        ch.basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
+        consume_no_ack(&ch, q.name().as_str()).await
+    }
+
+    /// Consumes (and removes) every message of `queue` without acks, on its own channel.
+    pub async fn drain(&self, queue: &str) -> lapin::Consumer {
+        let ch = self.conn.create_channel().await.unwrap();
+        consume_no_ack(&ch, queue).await
     }
 
     /// Stops every process [`TestEnv::spawn`] started that is still running with this
@@ -621,4 +617,18 @@ impl Drop for Outage {
     fn drop(&mut self) {
         sh(&self.restore);
     }
+}
+
+async fn consume_no_ack(ch: &lapin::Channel, queue: &str) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
 }
