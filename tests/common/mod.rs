@@ -42,6 +42,44 @@ pub struct TestEnv {
     /// Processes started by [`TestEnv::spawn`], stopped by [`TestEnv::cleanup`] before it
     /// deletes the namespace (a worker still running would redeclare it on reconnect).
     spawned: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    _watchdog: Watchdog,
+}
+
+/// How long one test's environment may live (`WARREN_TEST_WATCHDOG_SECS`, default 20 min).
+/// The slowest case (a delay tier across a broker restart) needs under 5 minutes; a test still
+/// running after this is hung.
+pub fn watchdog_limit() -> Duration {
+    let secs = std::env::var("WARREN_TEST_WATCHDOG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20 * 60);
+    Duration::from_secs(secs)
+}
+
+/// Aborts the test binary when a test outlives [`watchdog_limit`], naming the test and its
+/// namespace: `cargo test` has no per-test timeout, and a hung test would otherwise hold CI
+/// until its own limit with no word of which test it was.
+struct Watchdog(std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    fn start(ns: &str) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        let ns = ns.to_owned();
+        let limit = watchdog_limit();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                // Straight to stderr: libtest captures eprintln! and would drop it on abort.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "watchdog: test {test} ({ns}) still running after {limit:?}: hung; aborting"
+                );
+                std::process::abort();
+            }
+        });
+        Self(tx)
+    }
 }
 
 /// Tiers short enough for tests; a default queue that gives up on crash loops quickly.
@@ -68,6 +106,7 @@ impl TestEnv {
             .await
             .unwrap();
         let mut env = Self {
+            _watchdog: Watchdog::start(&ns),
             ns,
             db_name,
             db_url,
