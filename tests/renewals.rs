@@ -52,6 +52,8 @@ async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
     let sim = simulator(&env, 0).await;
     let workers = renew_all(&env, &sim, T).await;
     assert_states_and_ledger(&env, &sim).await;
+    // Nothing was killed: each `_500` job was dead-lettered once, with no second copy.
+    assert_eq!(dlq_depth(&env).await, cards(&env, "500").await);
 
     // `_timeout` charges really timed out (unknown) and were reconciled by lookup, once each.
     let timeouts = cards(&env, "timeout").await;
@@ -121,6 +123,13 @@ async fn renewals_survive_two_worker_kills() {
     }
     eventually(T, "every renewal decided", || renewals_settled(&env)).await;
     assert_states_and_ledger(&env, &sim).await;
+    // Second copies come only from a kill between a dead letter's confirm and its ack: at
+    // most the victim's prefetch (32) per kill.
+    let (depth, failing) = (dlq_depth(&env).await, cards(&env, "500").await);
+    assert!(
+        (failing..=failing + 2 * 32).contains(&depth),
+        "{depth} dead letters for {failing} failing jobs"
+    );
     drop(victim);
     env.cleanup().await;
 }
