@@ -688,6 +688,13 @@ async fn json_job_logs_carry_job_fields() {
     )
     .await;
     env.wait_status(&job, "dead_lettered", T).await;
+    // The line follows the ledger commit: wait for it before stopping the worker.
+    eventually(T, "the dead-letter log line", || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("job dead-lettered")
+    })
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).unwrap();
