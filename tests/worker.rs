@@ -328,6 +328,32 @@ async fn in_flight_never_exceeds_prefetch() {
     env.cleanup().await;
 }
 
+/// Semantic 2 with batched acks: a job finished behind a slow one (so no `multiple` ack can
+/// cover it) is acked on its own after a short wait, so a slow job holds one prefetch slot,
+/// not every slot behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_job_holds_one_prefetch_slot_not_all() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let slow = env
+        .publish_json("demo.sleep", json!({"ms": 25_000}), &id())
+        .await;
+    for _ in 0..40 {
+        env.publish_json("demo.noop", json!({}), &id()).await;
+    }
+    let mut w = env.worker(&["--queue", "default", "--prefetch", "4"]);
+    w.wait_ready(T).await;
+    // 40 quick jobs through the 3 slots the slow one leaves: each must be acked alone.
+    eventually(
+        Duration::from_secs(15),
+        "40 quick jobs done while the slow one runs",
+        || async { env.count_status("succeeded").await == 40 },
+    )
+    .await;
+    env.wait_status(&slow, "running", T).await;
+    drop(w);
+    env.cleanup().await;
+}
+
 /// Acceptance: /metrics after a run has outcome counters and duration buckets.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_show_outcomes_and_duration_buckets() {

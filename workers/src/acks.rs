@@ -1,16 +1,23 @@
 //! Batched acknowledgements for one consumer channel.
 //!
-//! Jobs finish out of order; acking each one costs the broker a frame and work per
-//! message. The consumer loop registers every delivery tag here as it arrives; a job that
-//! is finished (ledger committed, consequences confirmed) reports its tag. This task acks
-//! the longest finished prefix of outstanding tags with one `multiple` ack, and acks any
-//! finished tag stuck behind a still-running job individually, so a slow job never holds
-//! the others' prefetch slots. Under load a single frame acks hundreds of jobs.
+//! Jobs finish out of order; acking each one costs the broker a frame and, on a quorum
+//! queue, a Raft log entry per ack. The consumer loop registers every delivery tag here as
+//! it arrives; a job that is finished (ledger committed, consequences confirmed) reports its
+//! tag. This task acks the longest finished prefix of outstanding tags with one `multiple`
+//! ack. A finished tag stuck behind a still-running job waits [`STUCK_AFTER`] for the
+//! prefix to catch up (a group commit wakes its jobs in no particular order, so the job
+//! ahead is usually a moment behind) and is then acked on its own, so a slow job never holds
+//! the others' prefetch slots for longer. Under load a single frame acks hundreds of jobs.
 
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use std::collections::BTreeMap;
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long a finished delivery waits behind an unfinished one before it is acked alone.
+pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(20);
 
 pub(crate) enum AckEvent {
     /// A delivery arrived (sent by the consumer loop, in tag order).
@@ -40,18 +47,30 @@ pub(crate) fn start(channel: Channel) -> (AckSender, impl std::future::Future<Ou
 }
 
 async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<AckEvent>) {
-    // tag -> finished?
-    let mut pending: BTreeMap<u64, bool> = BTreeMap::new();
+    // tag -> when it finished (None: still running).
+    let mut pending: BTreeMap<u64, Option<Instant>> = BTreeMap::new();
     let mut events = Vec::with_capacity(1024);
     let mut warned = false;
-    while rx.recv_many(&mut events, 4096).await > 0 {
+    let mut wake: Option<Instant> = None;
+    loop {
+        let received = match wake {
+            Some(at) => tokio::select! {
+                n = rx.recv_many(&mut events, 4096) => n,
+                () = tokio::time::sleep_until(at) => usize::MAX,
+            },
+            None => rx.recv_many(&mut events, 4096).await,
+        };
+        if received == 0 {
+            break;
+        }
+        let now = Instant::now();
         for ev in events.drain(..) {
             match ev {
                 AckEvent::Delivered(tag) => {
-                    pending.insert(tag, false);
+                    pending.insert(tag, None);
                 }
                 AckEvent::Done(tag) => {
-                    pending.insert(tag, true);
+                    pending.insert(tag, Some(now));
                 }
                 AckEvent::Settled(tag) => {
                     pending.remove(&tag);
@@ -59,16 +78,14 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<AckEvent>) {
             }
         }
         let mut prefix_end = None;
-        for (&tag, &done) in &pending {
-            if !done {
+        for (&tag, done) in &pending {
+            if done.is_none() {
                 break;
             }
             prefix_end = Some(tag);
         }
-        let mut singles = Vec::new();
         if let Some(end) = prefix_end {
-            let rest = pending.split_off(&(end + 1));
-            pending = rest;
+            pending = pending.split_off(&(end + 1));
             if let Err(e) = channel
                 .basic_ack(end, BasicAckOptions { multiple: true })
                 .await
@@ -76,18 +93,45 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<AckEvent>) {
                 warn_once(&mut warned, &e);
             }
         }
-        for (&tag, &done) in &pending {
-            if done {
-                singles.push(tag);
-            }
-        }
-        for tag in singles {
-            pending.remove(&tag);
-            if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
-                warn_once(&mut warned, &e);
+        wake = ack_stuck(&channel, &mut pending, now, &mut warned).await;
+    }
+    // Every sender is gone: ack whatever finished, however recently.
+    ack_stuck(
+        &channel,
+        &mut pending,
+        Instant::now() + STUCK_AFTER,
+        &mut warned,
+    )
+    .await;
+}
+
+/// Acks, one by one, the finished tags that have waited [`STUCK_AFTER`] by `now`; returns
+/// when the next of the others will have.
+async fn ack_stuck(
+    channel: &Channel,
+    pending: &mut BTreeMap<u64, Option<Instant>>,
+    now: Instant,
+    warned: &mut bool,
+) -> Option<Instant> {
+    let mut stuck = Vec::new();
+    let mut next: Option<Instant> = None;
+    for (&tag, done) in pending.iter() {
+        if let Some(at) = *done {
+            let due = at + STUCK_AFTER;
+            if due <= now {
+                stuck.push(tag);
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
             }
         }
     }
+    for tag in stuck {
+        pending.remove(&tag);
+        if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
+            warn_once(warned, &e);
+        }
+    }
+    next
 }
 
 fn warn_once(warned: &mut bool, e: &lapin::Error) {
