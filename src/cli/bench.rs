@@ -214,17 +214,19 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         "job ledger          : {rows:.0} rows in {commits:.0} group commits (mean {:.1} rows/commit)",
         rows / commits.max(1.0)
     );
-    let mean_ms = |op: &str| {
+    // (statements, mean ms) of one ledger operation.
+    let statements = |op: &str| {
         let op = format!("op=\"{op}\"");
         let sum = metric_sum(&text, "warren_ledger_statement_seconds_sum", &[&op]);
         let count = metric_sum(&text, "warren_ledger_statement_seconds_count", &[&op]);
-        1000.0 * sum / count.max(1.0)
+        (count, 1000.0 * sum / count.max(1.0))
     };
+    let ((writes, write_ms), (checks, check_ms)) = (statements("write"), statements("check"));
     println!(
-        "ledger statements   : group commit {:.2} ms, check {:.2} ms (means; a job waits for \
-         about one check and two commits)",
-        mean_ms("write"),
-        mean_ms("check")
+        "ledger statements   : {writes:.0} group commits of {write_ms:.2} ms, {checks:.0} checks \
+         of {check_ms:.2} ms (mean {:.1} jobs/check; a job waits for about one check and two \
+         commits)",
+        rows / checks.max(1.0)
     );
     println!("process peak RSS    : {:.1} MiB", rss_kib as f64 / 1024.0);
 

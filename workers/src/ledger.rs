@@ -12,6 +12,8 @@
 //!
 //! Writes and checks go to different tasks, each with its own connection, so that a check
 //! never waits for a WAL flush it does not need: a read-only statement commits nothing.
+//! Both tasks let the runtime's ready tasks go first before they send a batch ([`gather`]),
+//! since a statement costs PostgreSQL about fifty rows' worth.
 //! - One **writer** task (or `writers`) takes every mark and finish queued (up to
 //!   `max_batch`) and runs them as **one statement** (`unnest` arrays in a CTE): one round
 //!   trip and one durable commit per batch. Under load the batches grow by themselves.
@@ -288,6 +290,7 @@ async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
             if !task.next(&mut rx, &mut buf, max_batch).await {
                 return;
             }
+            gather(&mut rx, &mut buf, max_batch).await;
         } else {
             buf.append(&mut carry);
             if let Ok(mut rx) = rx.try_lock() {
@@ -350,6 +353,7 @@ async fn checker(mut task: Task, mut rx: mpsc::Receiver<CheckOp>, max_batch: usi
     let check_seconds = metrics::histogram!(names::LEDGER_STATEMENT_DURATION, "op" => "check");
     let mut batch: Vec<CheckOp> = Vec::with_capacity(max_batch);
     while task.next(&mut rx, &mut batch, max_batch).await {
+        gather(&mut rx, &mut batch, max_batch).await;
         let mut backoff = FIRST_BACKOFF;
         let recorded = loop {
             let read = match task.conn().await {
@@ -372,6 +376,29 @@ async fn checker(mut task: Task, mut rx: mpsc::Receiver<CheckOp>, max_batch: usi
         }
     }
 }
+
+/// Lets the tasks that are ready to run go first (deliveries arriving in one burst each
+/// queue a check), then takes what they queued. A statement costs PostgreSQL far more than a
+/// row (≈ 100 µs against ≈ 2 µs on the benchmark machine), so a check answered a moment later
+/// in a bigger batch is cheaper for everyone; an idle worker waits no longer than one turn of
+/// the scheduler.
+async fn gather<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) {
+    for _ in 0..GATHER_TURNS {
+        if batch.len() >= max {
+            return;
+        }
+        tokio::task::yield_now().await;
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// How many times [`gather`] yields.
+const GATHER_TURNS: usize = 2;
 
 /// Runs a statement and records its wall time, successful or not.
 async fn timed<T>(into: &metrics::Histogram, statement: impl std::future::Future<Output = T>) -> T {
