@@ -12,7 +12,7 @@
 //!
 //! Writes and checks go to different tasks, each with its own connection, so that a check
 //! never waits for a WAL flush it does not need: a read-only statement commits nothing.
-//! Both tasks let the runtime's ready tasks go first before they send a batch ([`gather`]),
+//! Both tasks let the runtime's ready tasks go first before they send a batch (`gather`),
 //! since a statement costs PostgreSQL about fifty rows' worth.
 //! - One **writer** task (or `writers`) takes every mark and finish queued (up to
 //!   `max_batch`) and runs them as **one statement** (`unnest` arrays in a CTE): one round
