@@ -400,10 +400,33 @@ impl TestEnv {
         self.stop_spawned();
         let file = warren_core_config(&self.config_path);
         let topo = warren_core::topology::Topology::new(&self.ns, &file).unwrap();
-        if let Ok(ch) = self.conn.create_channel().await {
-            let _ = topo.delete(&ch).await;
+        // Every broker step is bounded: a connection that died under the test can leave lapin
+        // calls pending forever (CI once hung here). The namespace is then deleted on a fresh
+        // connection.
+        const STEP: Duration = Duration::from_secs(20);
+        if !matches!(
+            tokio::time::timeout(STEP, delete_topology(&self.conn, &topo)).await,
+            Ok(Ok(()))
+        ) {
+            eprintln!(
+                "cleanup: the test's broker connection failed; deleting {} on a new one",
+                self.ns
+            );
+            let fresh = tokio::time::timeout(STEP, async {
+                let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+                let deleted = delete_topology(&conn, &topo).await;
+                let _ = conn.close(200, "".into()).await;
+                deleted
+            })
+            .await;
+            if !matches!(fresh, Ok(Ok(()))) {
+                eprintln!(
+                    "cleanup: could not delete {}'s queues and exchanges",
+                    self.ns
+                );
+            }
         }
-        let _ = self.conn.close(200, "".into()).await;
+        let _ = tokio::time::timeout(STEP, self.conn.close(200, "".into())).await;
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&format!("{PG_BASE}/postgres")).await {
             let _ = sqlx::query(&format!(
@@ -415,6 +438,13 @@ impl TestEnv {
         }
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+async fn delete_topology(
+    conn: &Connection,
+    topo: &warren_core::topology::Topology,
+) -> Result<(), lapin::Error> {
+    topo.delete(&conn.create_channel().await?).await
 }
 
 fn warren_core_config(path: &std::path::Path) -> warren_core::config::FileConfig {
