@@ -294,12 +294,7 @@ async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
         } else {
             buf.append(&mut carry);
             if let Ok(mut rx) = rx.try_lock() {
-                while buf.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(op) => buf.push(op),
-                        Err(_) => break,
-                    }
-                }
+                take_ready(&mut rx, &mut buf, max_batch);
             }
         }
         // One op per job id per statement (a row cannot change twice in one statement):
@@ -388,11 +383,16 @@ async fn gather<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) {
             return;
         }
         tokio::task::yield_now().await;
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        take_ready(rx, batch, max);
+    }
+}
+
+/// Moves what is already queued into `batch`, up to `max` ops in all, without waiting.
+fn take_ready<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
         }
     }
 }
