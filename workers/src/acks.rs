@@ -93,31 +93,33 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<AckEvent>) {
                 warn_once(&mut warned, &e);
             }
         }
-        wake = ack_stuck(&channel, &mut pending, now, &mut warned).await;
+        wake = ack_stuck(&channel, &mut pending, now, STUCK_AFTER, &mut warned).await;
     }
     // Every sender is gone: ack whatever finished, however recently.
     ack_stuck(
         &channel,
         &mut pending,
-        Instant::now() + STUCK_AFTER,
+        Instant::now(),
+        Duration::ZERO,
         &mut warned,
     )
     .await;
 }
 
-/// Acks, one by one, the finished tags that have waited [`STUCK_AFTER`] by `now`; returns
-/// when the next of the others will have.
+/// Acks, one by one, the finished tags that have waited `wait` by `now`; returns when the
+/// next of the others will have.
 async fn ack_stuck(
     channel: &Channel,
     pending: &mut BTreeMap<u64, Option<Instant>>,
     now: Instant,
+    wait: Duration,
     warned: &mut bool,
 ) -> Option<Instant> {
     let mut stuck = Vec::new();
     let mut next: Option<Instant> = None;
     for (&tag, done) in pending.iter() {
         if let Some(at) = *done {
-            let due = at + STUCK_AFTER;
+            let due = at + wait;
             if due <= now {
                 stuck.push(tag);
             } else {
