@@ -116,10 +116,7 @@ impl Ingest {
     /// POSTs `body` with `Transfer-Encoding: chunked` (no Content-Length) over a plain
     /// socket; returns the status code.
     fn chunked_status(&self, path: &str, body: &str) -> u16 {
-        use std::io::{Read, Write};
         let addr = self.base.trim_start_matches("http://");
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(T)).unwrap();
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
              Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
@@ -133,29 +130,31 @@ impl Ingest {
             ));
         }
         req.push_str("0\r\n\r\n");
-        // The server may answer and close before reading everything: ignore write errors.
-        let _ = sock.write_all(req.as_bytes());
-        let mut head = [0u8; 12];
-        sock.read_exact(&mut head).unwrap();
-        String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+        self.raw_status(&req)
     }
 
     /// Sends only the head of a POST announcing a `Content-Length` body of `len` bytes,
     /// without a token, and returns the status the server answers with before any of the
     /// body arrives (a server that waited for the body would time this out).
     fn status_before_body(&self, path: &str, len: usize) -> u16 {
+        let addr = self.base.trim_start_matches("http://");
+        self.raw_status(&format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {len}\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    /// Writes `request` as is over a plain socket and returns the answer's status code. The
+    /// server may answer and close before reading everything: write errors are ignored.
+    fn raw_status(&self, request: &str) -> u16 {
         use std::io::{Read, Write};
         let addr = self.base.trim_start_matches("http://");
         let mut sock = std::net::TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(T)).unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {len}\r\nConnection: close\r\n\r\n"
-        );
-        sock.write_all(head.as_bytes()).unwrap();
-        let mut answer = [0u8; 12];
-        sock.read_exact(&mut answer).unwrap();
-        String::from_utf8_lossy(&answer[9..12]).parse().unwrap()
+        let _ = sock.write_all(request.as_bytes());
+        let mut head = [0u8; 12];
+        sock.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).parse().unwrap()
     }
 
     /// No token of any kind appears in the log file.
