@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 use warren_core::{db, telemetry};
 use warren_producer::{Producer, PublishOptions};
+use warren_workers::ledger::Scope;
 use warren_workers::{Registry, Worker};
 
 #[derive(Args, Debug)]
@@ -38,6 +39,12 @@ pub struct BenchArgs {
     /// then sleeps as long (concurrently, up to the prefetch) before it acks each delivery.
     #[arg(long, env = "WARREN_BENCH_SLEEP_MS", default_value_t = 0)]
     pub sleep_ms: u64,
+    /// How much of the job ledger the runtime uses. `full` is what `warren worker` always
+    /// does; `writes-only` (no duplicate check) and `off` (nothing recorded) are diagnostics
+    /// that show what the ledger costs, and give up duplicate detection: never a production
+    /// setting, and `warren worker` has no such option.
+    #[arg(long, value_enum, default_value_t = LedgerArg::Full)]
+    pub ledger: LedgerArg,
     /// Run the peer benchmark instead (bench/peer.sh): these contenders, each a process of
     /// its own, on the same broker with the same prefetch.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -54,6 +61,24 @@ pub struct BenchArgs {
     /// The worker's settings; the bare consumer uses the same prefetch.
     #[command(flatten)]
     pub tuning: super::worker::Tuning,
+}
+
+/// `--ledger`: see [`warren_workers::ledger::Scope`].
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerArg {
+    Full,
+    WritesOnly,
+    Off,
+}
+
+impl LedgerArg {
+    fn scope(self) -> Scope {
+        match self {
+            Self::Full => Scope::Full,
+            Self::WritesOnly => Scope::WritesOnly,
+            Self::Off => Scope::Off,
+        }
+    }
 }
 
 /// The job a benchmark runs: its task, body and how long the bare consumer sleeps for it.
@@ -122,6 +147,16 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         a.tuning.ledger_writers,
         a.rounds
     );
+    if a.ledger != LedgerArg::Full {
+        println!(
+            "DIAGNOSTIC: --ledger {:?}: the runtime {}; not how `warren worker` runs",
+            a.ledger,
+            match a.ledger {
+                LedgerArg::WritesOnly => "records outcomes but checks no job id for duplicates",
+                _ => "neither checks nor records anything in the job ledger",
+            }
+        );
+    }
     let (mut bare_rates, mut runtime_rates) = (Vec::new(), Vec::new());
     let (mut bare_cpu, mut runtime_cpu) = (Cpu::default(), Cpu::default());
     let mut rss_kib = 0;
@@ -159,7 +194,8 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
             Registry::with_builtin(),
             pool.clone(),
             health.clone(),
-        )?;
+        )?
+        .with_ledger_scope(a.ledger.scope());
         let handle = tokio::spawn(worker.run(shutdown.clone()));
         // Time the drain, not connect + declare (the bare consumer's clock also starts
         // once it consumes).
@@ -203,7 +239,11 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         "warren runtime      : {rt:>9.0} jobs/s (mean of {} rounds)",
         a.rounds
     );
-    println!("ratio               : {:.1}%", 100.0 * rt / bare);
+    let caveat = match a.ledger {
+        LedgerArg::Full => String::new(),
+        other => format!(" (DIAGNOSTIC --ledger {other:?}: not the production runtime)"),
+    };
+    println!("ratio               : {:.1}%{caveat}", 100.0 * rt / bare);
     let all = a.jobs * u64::from(a.rounds);
     println!("CPU, bare           : {}", bare_cpu.per_job(all, "warren"));
     println!(
@@ -222,12 +262,16 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         (count, 1000.0 * sum / count.max(1.0))
     };
     let ((writes, write_ms), (checks, check_ms)) = (statements("write"), statements("check"));
-    println!(
-        "ledger statements   : {writes:.0} group commits of {write_ms:.2} ms, {checks:.0} checks \
-         of {check_ms:.2} ms (mean {:.1} jobs/check; a job waits for about one check and two \
-         commits)",
-        rows / checks.max(1.0)
-    );
+    let checked = if checks > 0.0 {
+        format!(
+            "{checks:.0} checks of {check_ms:.2} ms (mean {:.1} jobs/check; a job waits for \
+             about one check and two commits)",
+            rows / checks
+        )
+    } else {
+        "no duplicate checks".to_owned()
+    };
+    println!("ledger statements   : {writes:.0} group commits of {write_ms:.2} ms, {checked}");
     println!("process peak RSS    : {:.1} MiB", rss_kib as f64 / 1024.0);
 
     sqlx::query("DELETE FROM job_runs WHERE job_id LIKE $1")
@@ -430,7 +474,9 @@ fn metric_sum(text: &str, name: &str, must: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && must.iter().all(|m| l.contains(m)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty float sum is -0.0, which would print as "-0".
+        + 0.0
 }
 
 fn succeeded(text: &str) -> f64 {

@@ -124,11 +124,26 @@ impl Op {
 
 type CheckOp = (Arc<JobKey>, oneshot::Sender<Check>);
 
+/// How much of its work the ledger does. Production is always [`Scope::Full`]; the others
+/// exist only so that `warren bench --ledger` can show what each part of the ledger costs
+/// (docs/benchmarks.md), and give up what the ledger is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Checks and writes: duplicates are detected and every outcome is recorded.
+    #[default]
+    Full,
+    /// Writes only: every job counts as new, so a duplicate runs again.
+    WritesOnly,
+    /// Neither: nothing is recorded and no duplicate is detected.
+    Off,
+}
+
 /// Handle to the ledger's tasks; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     writes: mpsc::Sender<Op>,
     checks: mpsc::Sender<CheckOp>,
+    scope: Scope,
 }
 
 impl Ledger {
@@ -154,18 +169,36 @@ impl Ledger {
             checks_rx,
             max_batch,
         ));
-        Self { writes: tx, checks }
+        Self {
+            writes: tx,
+            checks,
+            scope: Scope::Full,
+        }
+    }
+
+    /// The same ledger doing only part of its work (see [`Scope`]): for benchmarks.
+    pub fn scoped(self, scope: Scope) -> Self {
+        Self { scope, ..self }
     }
 
     pub async fn check(&self, key: Arc<JobKey>) -> Result<Check, LedgerClosed> {
+        if self.scope != Scope::Full {
+            return Ok(Check::New);
+        }
         ask(&self.checks, |tx| (key, tx)).await
     }
 
     pub async fn mark_running(&self, key: Arc<JobKey>) -> Result<(), LedgerClosed> {
+        if self.scope == Scope::Off {
+            return Ok(());
+        }
         ask(&self.writes, |tx| Op::Mark(key, tx)).await
     }
 
     pub async fn finish(&self, key: Arc<JobKey>, finish: Finish) -> Result<(), LedgerClosed> {
+        if self.scope == Scope::Off {
+            return Ok(());
+        }
         ask(&self.writes, |tx| Op::Finish(key, finish, tx)).await
     }
 }

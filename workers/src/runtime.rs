@@ -85,6 +85,7 @@ pub struct Worker {
     registry: Arc<Registry>,
     db: PgPool,
     health: Health,
+    ledger_scope: crate::ledger::Scope,
 }
 
 impl Worker {
@@ -116,7 +117,18 @@ impl Worker {
             registry: Arc::new(registry),
             db,
             health,
+            ledger_scope: crate::ledger::Scope::Full,
         })
+    }
+
+    /// Runs with a ledger that does only part of its work: for `warren bench --ledger`,
+    /// which measures what the ledger costs. A worker so built does not detect duplicates
+    /// (and with [`Scope::Off`](crate::ledger::Scope::Off) records nothing); never use it
+    /// for real jobs.
+    #[doc(hidden)]
+    pub fn with_ledger_scope(mut self, scope: crate::ledger::Scope) -> Self {
+        self.ledger_scope = scope;
+        self
     }
 
     /// Runs until `shutdown` is cancelled (then drains) or a non-retryable error.
@@ -126,7 +138,8 @@ impl Worker {
             self.health.clone(),
             self.cfg.ledger_batch,
             self.cfg.ledger_writers,
-        );
+        )
+        .scoped(self.ledger_scope);
         let tracker = TaskTracker::new();
         let mut backoff = Duration::from_millis(250);
         let mut sessions = 0u64;
