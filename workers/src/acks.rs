@@ -9,6 +9,7 @@
 //! ahead is usually a moment behind) and is then acked on its own, so a slow job never holds
 //! the others' prefetch slots for longer. Under load a single frame acks hundreds of jobs.
 
+use crate::gather::gather;
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use std::collections::BTreeMap;
@@ -18,6 +19,9 @@ use tokio::time::Instant;
 
 /// How long a finished delivery waits behind an unfinished one before it is acked alone.
 pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(20);
+
+/// Most events taken in one pass.
+const MAX_EVENTS: usize = 4096;
 
 pub(crate) enum AckEvent {
     /// A delivery arrived (sent by the consumer loop, in tag order).
@@ -55,13 +59,17 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<AckEvent>) {
     loop {
         let received = match wake {
             Some(at) => tokio::select! {
-                n = rx.recv_many(&mut events, 4096) => n,
+                n = rx.recv_many(&mut events, MAX_EVENTS) => n,
                 () = tokio::time::sleep_until(at) => usize::MAX,
             },
-            None => rx.recv_many(&mut events, 4096).await,
+            None => rx.recv_many(&mut events, MAX_EVENTS).await,
         };
         if received == 0 {
             break;
+        }
+        if received != usize::MAX {
+            // A group commit wakes its jobs one by one: take them all into one ack frame.
+            gather(&mut rx, &mut events, MAX_EVENTS).await;
         }
         let now = Instant::now();
         for ev in events.drain(..) {

@@ -35,6 +35,7 @@ mod acks;
 pub mod demo;
 pub mod error;
 mod execute;
+mod gather;
 pub mod ledger;
 pub mod maintenance;
 pub mod providers;
