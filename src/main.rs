@@ -10,10 +10,12 @@ fn main() -> ExitCode {
     warren_core::telemetry::init_logging(args.global.log_format.into());
     // Handler panics are caught and reported per job; keep them to one log line.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.global.threads {
+        rt.worker_threads(n.into());
+    }
+    let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

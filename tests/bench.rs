@@ -1,7 +1,7 @@
 //! `warren bench` runs end to end on a small load: the benchmark program of docs/benchmarks.md
 //! drains its jobs through both consumers, prints its figures, records the runtime's jobs in
-//! the ledger (and, with the diagnostic `--ledger off`, records none), and cleans up after
-//! itself. Speed is never asserted here: the figures are for people to read.
+//! the ledger (and, with the diagnostic `--ledger off`, records none), runs on as many
+//! threads as `--threads` says, and cleans up after itself. Speed is never asserted here: the figures are for people to read.
 
 mod common;
 
@@ -38,9 +38,23 @@ async fn bench_drains_both_consumers_and_the_ledger_scope_is_what_it_says() {
     assert!(out.contains(" checks of "), "{out}");
     assert!(!out.contains("DIAGNOSTIC"), "{out}");
 
-    let off = env.run(&["bench", "--jobs", "300", "--rounds", "1", "--ledger", "off"]);
+    let off = env.run(&[
+        "--threads",
+        "1",
+        "bench",
+        "--jobs",
+        "300",
+        "--rounds",
+        "1",
+        "--ledger",
+        "off",
+    ]);
     let out = stdout(&off);
     assert!(off.status.success(), "bench failed: {}", stderr(&off));
+    assert!(
+        out.contains(", 1 threads, "),
+        "--threads not applied: {out}"
+    );
     assert!(out.contains("DIAGNOSTIC: --ledger Off"), "{out}");
     assert!(
         out.contains("(DIAGNOSTIC --ledger Off: not the production runtime)"),

@@ -139,12 +139,13 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
     let metrics = telemetry::metrics_handle();
 
     println!(
-        "warren bench: {} {} jobs per run, prefetch {}, {} ledger writers, {} rounds, \
-         quorum queue {queue}",
+        "warren bench: {} {} jobs per run, prefetch {}, {} ledger writers, {} threads, {} \
+         rounds, quorum queue {queue}",
         a.jobs,
         job.label(),
         a.tuning.prefetch,
         a.tuning.ledger_writers,
+        tokio::runtime::Handle::current().metrics().num_workers(),
         a.rounds
     );
     if a.ledger != LedgerArg::Full {

@@ -79,6 +79,14 @@ pub struct Global {
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text,
           global = true)]
     pub log_format: LogFormatArg,
+    /// Threads running jobs and the runtime's own tasks (tokio worker threads); default one
+    /// per CPU. Jobs mostly wait on I/O, so one thread runs hundreds at once; on a small
+    /// machine that also runs PostgreSQL and RabbitMQ, fewer threads switch less (`warren
+    /// bench` on 2 cores: +9 % jobs/s with 1, docs/benchmarks.md). Handlers that compute for
+    /// long stretches want more, or `spawn_blocking`. Scale out with replicas.
+    #[arg(long, env = "WARREN_THREADS", global = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 /// How a reporting command (`due`, `status`, `dlq list`) prints: a table for people, JSON
