@@ -82,7 +82,7 @@ pub struct Global {
     /// Threads running jobs and the runtime's own tasks (tokio worker threads); default one
     /// per CPU. Jobs mostly wait on I/O, so one thread runs hundreds at once; on a small
     /// machine that also runs PostgreSQL and RabbitMQ, fewer threads switch less (`warren
-    /// bench` on 2 cores: +9 % jobs/s with 1, docs/benchmarks.md). Handlers that compute for
+    /// bench` on 2 cores: +4–9 % jobs/s with 1, docs/benchmarks.md). Handlers that compute for
     /// long stretches want more, or `spawn_blocking`. Scale out with replicas.
     #[arg(long, env = "WARREN_THREADS", global = true,
           value_parser = clap::value_parser!(u16).range(1..))]
