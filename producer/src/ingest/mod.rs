@@ -11,6 +11,7 @@
 
 mod auth;
 mod idempotency;
+mod linger;
 
 use crate::broker::SharedBroker;
 pub use auth::{Scope, Tokens, TokensError};
@@ -126,7 +127,10 @@ fn router(state: Shared) -> Router {
         .route("/v1/jobs/{task}", post(post_one))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn(measure))
-        .layer(DefaultBodyLimit::max(state.max_body));
+        .layer(DefaultBodyLimit::max(state.max_body))
+        // Outermost: a body that authentication or the size limit refused unread is drained,
+        // so the client gets the answer rather than a reset.
+        .route_layer(middleware::map_request(linger::wrap));
     Router::new()
         .merge(api)
         .route("/openapi.json", get(openapi))
