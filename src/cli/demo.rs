@@ -343,7 +343,7 @@ pub(crate) struct SeedReport {
     pub counts: BTreeMap<(Provider, Outcome), Counts>,
     /// The merchant ids of the Appmax integrations created (none without Appmax subscriptions).
     pub merchants: Vec<Uuid>,
-    /// The first customer number `n` (demo+<n>@example.com) of this run.
+    /// The first customer number `n` (`demo+<n>@example.com`) of this run.
     pub first_customer: u64,
     pub elapsed: Duration,
 }

@@ -34,7 +34,7 @@ pub struct WorkerArgs {
 /// `[providers.NAME]` in the config file.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ProviderClientArgs {
-    /// Pagar.me API base URL, e.g. https://api.pagar.me (or the simulator's address).
+    /// Pagar.me API base URL, e.g. `https://api.pagar.me` (or the simulator's address).
     #[arg(long, env = "WARREN_PAGARME_BASE_URL")]
     pub pagarme_base_url: Option<String>,
     /// Pagar.me secret key (HTTP Basic user). Prefer the env var; never printed.

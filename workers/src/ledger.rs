@@ -13,7 +13,7 @@
 //! Writes and checks go to different tasks, each with its own connection, so that a check
 //! never waits for a WAL flush it does not need: a read-only statement commits nothing.
 //! Both tasks let the runtime's ready tasks go first before they send a batch
-//! ([`crate::gather`]), since a statement costs PostgreSQL far more than a row (a check of
+//! (`gather.rs`), since a statement costs PostgreSQL far more than a row (a check of
 //! 27 ids ≈ 100 µs, of which ≈ 35 µs is the statement; measured on the benchmark machine).
 //! - One **writer** task (or `writers`) takes every mark and finish queued (up to
 //!   `max_batch`) and runs them as **one statement** (`unnest` arrays): one round

@@ -1,5 +1,5 @@
 //! The worker: a supervised connect → declare → qos → consume loop around
-//! [`crate::execute`], with graceful shutdown.
+//! `execute` (one delivery, arrival to ack), with graceful shutdown.
 //!
 //! - **Reconnect.** lapin does not reconnect. A session ends on a connection error, a
 //!   channel error or a consumer the server cancelled (a deleted queue, a node restart);

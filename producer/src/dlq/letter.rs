@@ -227,7 +227,7 @@ fn amqp_json(v: &AMQPValue) -> Value {
 }
 
 /// Properties to republish a dead letter with: the job's own (id, content type,
-/// timestamp, ...), persistent, and its headers minus [`STRIPPED_ON_REPLAY`]. No expiration:
+/// timestamp, ...), persistent, and its headers minus `STRIPPED_ON_REPLAY`. No expiration:
 /// a replay runs now.
 pub fn replay_properties(p: &BasicProperties) -> BasicProperties {
     let mut headers = p.headers().clone().unwrap_or_default();
