@@ -473,12 +473,7 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<(), sqlx::Error> {
     let deltas: Vec<i32> = f.iter().map(|x| x.1.attempt_delta).collect();
     let starts: Vec<DateTime<Utc>> = f.iter().map(|x| x.1.started_at).collect();
     let only_fresh = b.marks.is_empty() && f.iter().all(|x| x.1.fresh);
-    let query = if only_fresh {
-        sqlx::query(INSERT_FRESH)
-    } else {
-        sqlx::query(WRITE_ANY)
-    };
-    let query = query
+    let mut query = sqlx::query(if only_fresh { INSERT_FRESH } else { WRITE_ANY })
         .bind(&ids)
         .bind(&tasks)
         .bind(&queues)
@@ -486,19 +481,17 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<(), sqlx::Error> {
         .bind(&errors)
         .bind(&deltas)
         .bind(&starts);
-    let query = if only_fresh {
-        query
-    } else {
-        let fresh: Vec<bool> = f.iter().map(|x| x.1.fresh).collect();
+    if !only_fresh {
         let mark_ids: Vec<&str> = b.marks.iter().map(|x| x.0.job_id.as_str()).collect();
         let mark_tasks: Vec<&str> = b.marks.iter().map(|x| x.0.task.as_str()).collect();
         let mark_queues: Vec<&str> = b.marks.iter().map(|x| x.0.queue.as_str()).collect();
-        query
+        let fresh: Vec<bool> = f.iter().map(|x| x.1.fresh).collect();
+        query = query
             .bind(mark_ids)
             .bind(mark_tasks)
             .bind(mark_queues)
-            .bind(fresh)
-    };
+            .bind(fresh);
+    }
     // Prepared and planned once per connection (see the module docs).
     query.execute(conn).await?;
     Ok(())
