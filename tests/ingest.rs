@@ -148,14 +148,11 @@ impl Ingest {
     /// simple client does, and returns the status. A server that answered early and closed
     /// on the unread body would make the write fail (broken pipe, reset) or the read.
     fn status_after_whole_body(&self, path: &str, token: Option<&str>, len: usize) -> u16 {
-        use std::io::{Read, Write};
-        let addr = self.base.trim_start_matches("http://");
+        use std::io::Write;
+        let (mut sock, addr) = self.socket();
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(T)).unwrap();
-        sock.set_write_timeout(Some(T)).unwrap();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
              Content-Length: {len}\r\nConnection: close\r\n\r\n"
@@ -170,23 +167,26 @@ impl Ingest {
             }
             sent += n;
         }
-        let mut answer = [0u8; 12];
-        sock.read_exact(&mut answer)
-            .unwrap_or_else(|e| panic!("no answer after the whole body: {e}"));
-        String::from_utf8_lossy(&answer[9..12]).parse().unwrap()
+        read_status(&mut sock)
     }
 
     /// Writes `request` as is over a plain socket and returns the answer's status code. The
     /// server may answer and close before reading everything: write errors are ignored.
     fn raw_status(&self, request: &str) -> u16 {
-        use std::io::{Read, Write};
-        let addr = self.base.trim_start_matches("http://");
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(T)).unwrap();
+        use std::io::Write;
+        let (mut sock, _) = self.socket();
         let _ = sock.write_all(request.as_bytes());
-        let mut head = [0u8; 12];
-        sock.read_exact(&mut head).unwrap();
-        String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+        read_status(&mut sock)
+    }
+
+    /// A plain TCP connection to the ingest (reads and writes time out after `T`), and the
+    /// address it connected to.
+    fn socket(&self) -> (std::net::TcpStream, &str) {
+        let addr = self.base.trim_start_matches("http://");
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(T)).unwrap();
+        sock.set_write_timeout(Some(T)).unwrap();
+        (sock, addr)
     }
 
     /// No token of any kind appears in the log file.
@@ -200,6 +200,15 @@ impl Ingest {
             );
         }
     }
+}
+
+/// The status code of the HTTP answer on `sock`.
+fn read_status(sock: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    let mut head = [0u8; 12];
+    sock.read_exact(&mut head)
+        .unwrap_or_else(|e| panic!("no answer from the ingest: {e}"));
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
 }
 
 fn job_id(v: &Value, i: usize) -> String {
