@@ -1,7 +1,8 @@
 //! `warren bench` runs end to end on a small load: the benchmark program of docs/benchmarks.md
 //! drains its jobs through both consumers, prints its figures, records the runtime's jobs in
 //! the ledger (and, with the diagnostic `--ledger off`, records none), runs on as many
-//! threads as `--threads` says, and cleans up after itself. Speed is never asserted here: the figures are for people to read.
+//! threads as `--threads` says, and cleans up after itself. Speed is never asserted here:
+//! the figures are for people to read.
 
 mod common;
 

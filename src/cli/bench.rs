@@ -79,6 +79,15 @@ impl LedgerArg {
             Self::Off => Scope::Off,
         }
     }
+
+    /// What the runtime leaves out, for anything but `full`.
+    fn left_out(self) -> Option<&'static str> {
+        match self {
+            Self::Full => None,
+            Self::WritesOnly => Some("records outcomes but checks no job id for duplicates"),
+            Self::Off => Some("neither checks nor records anything in the job ledger"),
+        }
+    }
 }
 
 /// The job a benchmark runs: its task, body and how long the bare consumer sleeps for it.
@@ -148,14 +157,10 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         tokio::runtime::Handle::current().metrics().num_workers(),
         a.rounds
     );
-    if a.ledger != LedgerArg::Full {
+    if let Some(left_out) = a.ledger.left_out() {
         println!(
-            "DIAGNOSTIC: --ledger {:?}: the runtime {}; not how `warren worker` runs",
-            a.ledger,
-            match a.ledger {
-                LedgerArg::WritesOnly => "records outcomes but checks no job id for duplicates",
-                _ => "neither checks nor records anything in the job ledger",
-            }
+            "DIAGNOSTIC: --ledger {:?}: the runtime {left_out}; not how `warren worker` runs",
+            a.ledger
         );
     }
     let (mut bare_rates, mut runtime_rates) = (Vec::new(), Vec::new());
@@ -240,9 +245,12 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         "warren runtime      : {rt:>9.0} jobs/s (mean of {} rounds)",
         a.rounds
     );
-    let caveat = match a.ledger {
-        LedgerArg::Full => String::new(),
-        other => format!(" (DIAGNOSTIC --ledger {other:?}: not the production runtime)"),
+    let caveat = match a.ledger.left_out() {
+        None => String::new(),
+        Some(_) => format!(
+            " (DIAGNOSTIC --ledger {:?}: not the production runtime)",
+            a.ledger
+        ),
     };
     println!("ratio               : {:.1}%{caveat}", 100.0 * rt / bare);
     let all = a.jobs * u64::from(a.rounds);
