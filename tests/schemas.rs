@@ -134,7 +134,8 @@ fn validator(task: &str) -> jsonschema::Validator {
 fn serde_accepts(task: &str, body: &[u8]) -> bool {
     use warren_core::payload::decode;
     use warren_core::task::*;
-    use warren_workers::maintenance::{FailStale, Prune};
+    use warren_workers::maintenance::Prune;
+    use warren_workers::renewals::stale::FailStale;
     match task {
         "demo.noop" => decode::<DemoNoop>(body).is_ok(),
         "demo.sleep" => decode::<DemoSleep>(body).is_ok(),

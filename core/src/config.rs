@@ -66,6 +66,8 @@ pub struct FileConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub dunning: DunningConfig,
+    #[serde(default)]
+    pub billing: BillingConfig,
     /// `[[cron]]` schedules, kept as TOML here and parsed by the scheduler
     /// (`warren_scheduler::cron`), which owns their meaning.
     #[serde(default)]
@@ -97,6 +99,41 @@ pub struct DunningConfig {
     /// the last retry is declined the subscription becomes UNPAID.
     #[serde(default)]
     pub schedule: Vec<String>,
+}
+
+/// The `[billing]` table: how renewal handlers treat a charge whose outcome they do not know.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// How long a renewal keeps looking up a charge request whose outcome is unknown (the
+    /// provider answered `5xx`, timed out, or reports the order pending) before it is
+    /// dead-lettered `unknown-outcome` for an operator. Default "24h".
+    pub unknown_outcome_after: Option<String>,
+    /// Pagar.me only, inside its idempotency window: how long a sent charge request must stay
+    /// invisible to lookups before the same request (same `Idempotency-Key`) is sent again.
+    /// Default "60s"; keep it above the provider's lookup lag.
+    pub resend_after: Option<String>,
+    /// How long Pagar.me answers a repeated `Idempotency-Key` with the first order. Past it a
+    /// repeat could charge again, so Warren only looks the order up. Default "24h".
+    pub pagarme_idempotency_window: Option<String>,
+}
+
+/// [`BillingConfig`], parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BillingPolicy {
+    pub unknown_outcome_after: Duration,
+    pub resend_after: Duration,
+    pub pagarme_idempotency_window: Duration,
+}
+
+impl Default for BillingPolicy {
+    fn default() -> Self {
+        Self {
+            unknown_outcome_after: Duration::from_secs(24 * 3600),
+            resend_after: Duration::from_secs(60),
+            pagarme_idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// A credential: `Debug` prints `Secret(***)`; read it with [`Secret::expose`].
@@ -166,6 +203,7 @@ impl FileConfig {
         })?;
         cfg.tiers()?;
         cfg.dunning()?;
+        cfg.billing()?;
         if let Some(name) = cfg
             .providers
             .keys()
@@ -207,6 +245,29 @@ impl FileConfig {
         Ok(crate::billing::DunningSchedule(out))
     }
 
+    /// The `[billing]` table, parsed, with its defaults.
+    pub fn billing(&self) -> Result<BillingPolicy, ConfigError> {
+        let d = BillingPolicy::default();
+        let b = &self.billing;
+        let one = |field: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => duration(format!("billing.{field}"), t),
+        };
+        Ok(BillingPolicy {
+            unknown_outcome_after: one(
+                "unknown_outcome_after",
+                &b.unknown_outcome_after,
+                d.unknown_outcome_after,
+            )?,
+            resend_after: one("resend_after", &b.resend_after, d.resend_after)?,
+            pagarme_idempotency_window: one(
+                "pagarme_idempotency_window",
+                &b.pagarme_idempotency_window,
+                d.pagarme_idempotency_window,
+            )?,
+        })
+    }
+
     /// The `[providers.NAME]` table, or an empty one.
     pub fn provider(&self, name: &str) -> ProviderConfig {
         self.providers.get(name).cloned().unwrap_or_default()
@@ -218,13 +279,16 @@ fn durations(field: &str, values: &[String]) -> Result<Vec<Duration>, ConfigErro
     values
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
-                field: format!("{field}[{i}]"),
-                message: format!("{t:?} is not a duration like \"500ms\", \"5s\" or \"1d\": {e}"),
-            })
-        })
+        .map(|(i, t)| duration(format!("{field}[{i}]"), t))
         .collect()
+}
+
+/// Parses one duration ("500ms", "1d"), naming `field` on error.
+fn duration(field: String, t: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
+        field,
+        message: format!("{t:?} is not a duration like \"500ms\", \"5s\" or \"1d\": {e}"),
+    })
 }
 
 /// Checks a namespace: lowercase letters, digits, `-`, `_` and `.`, not empty.
@@ -295,6 +359,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("retry.tiers[0]"));
+    }
+
+    #[test]
+    fn billing_durations_parse_with_defaults_and_name_bad_fields() {
+        let cfg: FileConfig = toml::from_str("[billing]\nunknown_outcome_after=\"2h\"").unwrap();
+        let b = cfg.billing().unwrap();
+        assert_eq!(b.unknown_outcome_after, Duration::from_secs(7200));
+        assert_eq!(b.resend_after, BillingPolicy::default().resend_after);
+        let bad: FileConfig = toml::from_str("[billing]\nresend_after=\"soon\"").unwrap();
+        let err = bad.billing().unwrap_err().to_string();
+        assert!(err.contains("billing.resend_after"), "{err}");
     }
 
     #[test]

@@ -45,17 +45,21 @@ pub enum DeadLetterKind {
     Timeout,
     /// The broker redelivered the message up to the queue's delivery limit (crash loop).
     DeliveryLimit,
+    /// The handler cannot tell whether its external effect happened (a charge the provider
+    /// still reports as pending past the bound): an operator decides.
+    UnknownOutcome,
 }
 
 impl DeadLetterKind {
     /// Every kind, for listings and filters.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Permanent,
         Self::Exhausted,
         Self::Malformed,
         Self::UnknownTask,
         Self::Timeout,
         Self::DeliveryLimit,
+        Self::UnknownOutcome,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +70,7 @@ impl DeadLetterKind {
             Self::UnknownTask => "unknown-task",
             Self::Timeout => "timeout",
             Self::DeliveryLimit => "delivery-limit",
+            Self::UnknownOutcome => "unknown-outcome",
         }
     }
 }

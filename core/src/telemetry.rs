@@ -45,14 +45,19 @@ pub mod names {
     pub const CRON_RUNS: &str = "warren_cron_runs_total";
     /// gauge {schedule}: how late the last tick was published, seconds.
     pub const CRON_TICK_LAG: &str = "warren_cron_tick_lag_seconds";
-    /// counter {provider, operation = charge|lookup, outcome = paid|failed|pending|found|
+    /// counter {provider, operation = open|charge|lookup, outcome = paid|failed|pending|
     /// not_found|retryable|permanent|unknown}: provider API calls.
     pub const PROVIDER_REQUESTS: &str = "warren_provider_requests_total";
     /// histogram {provider, operation}: provider API call wall time, seconds.
     pub const PROVIDER_REQUEST_DURATION: &str = "warren_provider_request_duration_seconds";
     /// counter {provider, outcome = paid|declined|unpaid|skipped|precondition_failed|
-    /// rejected|retry|unknown}: renewal handler outcomes.
+    /// rejected|retry|unknown|unknown_outcome|duplicate_charge}: renewal handler outcomes
+    /// (`unknown`: looked again later; `unknown_outcome`: dead-lettered for an operator;
+    /// `duplicate_charge`: a period charged twice, to refund).
     pub const RENEWALS: &str = "warren_renewals_total";
+    /// counter {provider, outcome = paid|declined|failed|left}: stale payment transactions
+    /// the `cron.fail-stale-payments` sweep reconciled with the provider.
+    pub const STALE_PAYMENTS: &str = "warren_stale_payments_total";
     /// gauge: 1 while the role is ready (what `/readyz` answers), 0 otherwise; set on every
     /// scrape, so alerts can tell a running-but-unready process from a dead one.
     pub const READY: &str = "warren_ready";

@@ -10,7 +10,8 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use warren_core::task;
-use warren_workers::maintenance::{FailStale, FailStalePayments, Prune, PruneJobRuns};
+use warren_workers::maintenance::{Prune, PruneJobRuns};
+use warren_workers::renewals::stale::{FailStale, FailStalePayments};
 use warren_workers::Task;
 
 #[derive(Args, Debug)]

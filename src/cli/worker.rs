@@ -77,17 +77,23 @@ impl ProviderClientArgs {
             Ok(None)
         };
         let dunning = file.dunning()?;
+        let policy = file.billing()?;
         let timeout = self.provider_timeout;
+        // The stale-payment sweep asks the providers too: a worker on the cron queue gets
+        // whichever provider clients are configured, without requiring them.
+        let sweeps = needs("cron.fail-stale-payments")?.is_some();
         let mut pagarme = None;
-        if let Some(queue) = needs(RENEWAL_PAGARME)? {
-            let cfg = file.provider("pagarme");
-            let base_url = self.pagarme_base_url.clone().or(cfg.base_url);
-            let secret = self
-                .pagarme_secret_key
-                .clone()
-                .map(Secret::new)
-                .or(cfg.secret_key);
+        let cfg = file.provider("pagarme");
+        let base_url = self.pagarme_base_url.clone().or(cfg.base_url);
+        let secret = self
+            .pagarme_secret_key
+            .clone()
+            .map(Secret::new)
+            .or(cfg.secret_key);
+        let renews = needs(RENEWAL_PAGARME)?;
+        if renews.is_some() || (sweeps && base_url.is_some() && secret.is_some()) {
             let (Some(base_url), Some(secret)) = (base_url, secret) else {
+                let queue = renews.unwrap_or_default();
                 bail!(
                     "queue {queue} runs {RENEWAL_PAGARME}, which needs WARREN_PAGARME_BASE_URL \
                      and WARREN_PAGARME_SECRET_KEY (or base_url and secret_key under \
@@ -100,15 +106,20 @@ impl ProviderClientArgs {
                 .unwrap_or(DEFAULT_RATE_LIMIT);
             let client = PagarmeClient::new(base_url, secret, timeout)?;
             pagarme = Some(Renewal::new(
-                Pagarme::new(client, Some(rate)),
+                Pagarme::new(client, policy.pagarme_idempotency_window),
+                Some(rate),
                 dunning.clone(),
+                policy,
                 timeout,
             ));
         }
         let mut appmax = None;
-        if let Some(queue) = needs(RENEWAL_APPMAX)? {
-            let cfg = file.provider("appmax");
-            let Some(base_url) = self.appmax_base_url.clone().or(cfg.base_url) else {
+        let cfg = file.provider("appmax");
+        let base_url = self.appmax_base_url.clone().or(cfg.base_url);
+        let renews = needs(RENEWAL_APPMAX)?;
+        if renews.is_some() || (sweeps && base_url.is_some()) {
+            let Some(base_url) = base_url else {
+                let queue = renews.unwrap_or_default();
                 bail!(
                     "queue {queue} runs {RENEWAL_APPMAX}, which needs WARREN_APPMAX_BASE_URL \
                      (or base_url under [providers.appmax] in the config file)"
@@ -120,8 +131,10 @@ impl ProviderClientArgs {
                 .unwrap_or(DEFAULT_RATE_LIMIT);
             let client = AppmaxClient::new(base_url, timeout)?;
             appmax = Some(Renewal::new(
-                Appmax::new(client, Some(rate)),
+                Appmax::new(client),
+                Some(rate),
                 dunning,
+                policy,
                 timeout,
             ));
         }

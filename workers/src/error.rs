@@ -1,6 +1,7 @@
 //! How a handler says it failed: retry later, or never.
 
 use std::fmt::Display;
+use std::time::Duration;
 
 /// A handler's failure, classified where it is known.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,6 +13,15 @@ pub enum TaskError {
     /// Will never succeed (bad input, a declined card): dead-lettered `permanent` at once.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: the job is not ready to finish (a provider still settling a charge, a
+    /// key another worker holds). It waits about `after` in a delay tier and runs again
+    /// without spending an attempt; the handler bounds how long it keeps waiting.
+    #[error("{reason}")]
+    Snooze { after: Duration, reason: String },
+    /// The handler cannot know whether its external effect happened: dead-lettered
+    /// `unknown-outcome` at once, for an operator to resolve (docs/operations.md).
+    #[error("{0}")]
+    UnknownOutcome(String),
 }
 
 /// `.retryable()?` / `.permanent()?` on any `Result` whose error displays.

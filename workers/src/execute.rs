@@ -40,15 +40,18 @@ enum Outcome {
     Retried,
     DeadLettered,
     Duplicate,
+    /// The handler asked to run again later without spending an attempt.
+    Snoozed,
 }
 
 impl Outcome {
     /// In the order of their discriminants.
-    const ALL: [Outcome; 4] = [
+    const ALL: [Outcome; 5] = [
         Self::Succeeded,
         Self::Retried,
         Self::DeadLettered,
         Self::Duplicate,
+        Self::Snoozed,
     ];
 
     fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Outcome {
             Self::Retried => "retried",
             Self::DeadLettered => "dead_lettered",
             Self::Duplicate => "duplicate",
+            Self::Snoozed => "snoozed",
         }
     }
 }
@@ -88,7 +92,7 @@ pub(crate) struct QueueMetrics {
 
 struct TaskMetrics {
     /// `JOBS_PROCESSED`, indexed by [`Outcome`].
-    processed: [metrics::Counter; 4],
+    processed: [metrics::Counter; 5],
     duration: metrics::Histogram,
 }
 
@@ -323,6 +327,13 @@ async fn process(
             tracing::debug!(elapsed = ?started.elapsed(), "job succeeded");
             return Ok(Outcome::Succeeded);
         }
+        Err(Failure::Task(TaskError::Snooze { after, reason })) => {
+            let tier = crate::retry::tier_for_delay(after, s.topology.tiers());
+            return delay(s, job, &ran, tier, attempt, &reason).await;
+        }
+        Err(Failure::Task(TaskError::UnknownOutcome(m))) => {
+            return dead_letter(s, queue, job, &ran, DeadLetterKind::UnknownOutcome, &m).await;
+        }
         Err(Failure::Task(TaskError::Permanent(m))) => (m, false, DeadLetterKind::Permanent),
         Err(Failure::Task(TaskError::Retryable(m))) => (m, true, DeadLetterKind::Exhausted),
         Err(Failure::Panic(m)) => (
@@ -343,7 +354,8 @@ async fn process(
         let msg = format!("{error} (attempt {attempt} of {max_attempts})");
         return dead_letter(s, queue, job, &ran, exhausted_kind, &msg).await;
     }
-    retry(s, job, &ran, &policy, &error).await
+    let tier = policy.tier(attempt, s.topology.tiers());
+    delay(s, job, &ran, tier, attempt + 1, &error).await
 }
 
 /// The ledger's view of this delivery's execution.
@@ -382,27 +394,29 @@ impl Attempt {
 /// is moved when spawned, larger.
 type Rare<'a> = futures::future::BoxFuture<'a, Result<Outcome, Abandon>>;
 
-fn retry<'a>(
+/// Republishes the job to delay tier `tier` as attempt `next_attempt`: a retry (the next
+/// attempt) or a snooze (the same attempt again).
+fn delay<'a>(
     s: &'a Session,
     job: &'a Job,
     ran: &'a Attempt,
-    policy: &'a crate::RetryPolicy,
+    tier: usize,
+    next_attempt: u32,
     error: &'a str,
 ) -> Rare<'a> {
-    Box::pin(retry_inner(s, job, ran, policy, error))
+    Box::pin(delay_inner(s, job, ran, tier, next_attempt, error))
 }
 
-async fn retry_inner(
+async fn delay_inner(
     s: &Session,
     job: &Job,
     ran: &Attempt,
-    policy: &crate::RetryPolicy,
+    tier: usize,
+    next_attempt: u32,
     error: &str,
 ) -> Result<Outcome, Abandon> {
-    let (d, key, attempt) = (&job.d, &job.key, job.attempt);
-    let tiers = s.topology.tiers();
-    let tier = policy.tier(attempt, tiers);
-    let props = job.republish(|h| env::set_int(h, env::H_ATTEMPT, u64::from(attempt) + 1));
+    let (d, key) = (&job.d, &job.key);
+    let props = job.republish(|h| env::set_int(h, env::H_ATTEMPT, u64::from(next_attempt)));
     let exchange = s.topology.tier_name(tier);
     s.producer
         .publish_raw(&exchange, &key.task, &key.task, &d.data, props)
@@ -413,8 +427,14 @@ async fn retry_inner(
             ran.finish(Status::Failed, Some(error.to_owned())),
         )
         .await?;
-    tracing::warn!(%error, delay = ?tiers[tier], next_attempt = attempt + 1, "attempt failed; retry scheduled");
-    Ok(Outcome::Retried)
+    let wait = s.topology.tiers()[tier];
+    if next_attempt > job.attempt {
+        tracing::warn!(%error, delay = ?wait, next_attempt, "attempt failed; retry scheduled");
+        Ok(Outcome::Retried)
+    } else {
+        tracing::info!(reason = %error, delay = ?wait, "job snoozed; it runs again without spending an attempt");
+        Ok(Outcome::Snoozed)
+    }
 }
 
 fn dead_letter<'a>(

@@ -20,19 +20,6 @@ use crate::{JobContext, Registry, ResultExt, Task, TaskError};
 use serde::Deserialize;
 use std::time::Duration;
 
-/// Payload of `cron.fail-stale-payments`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FailStale {
-    /// A `pending` payment transaction older than this becomes `failed` ("2h", "45m").
-    #[serde(default = "default_max_age")]
-    pub max_age: String,
-}
-
-fn default_max_age() -> String {
-    "2h".into()
-}
-
 /// Payload of `cron.prune-job-runs`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -46,39 +33,9 @@ fn default_older_than() -> String {
     "30d".into()
 }
 
-fn age(field: &str, value: &str) -> Result<Duration, TaskError> {
+pub(crate) fn age(field: &str, value: &str) -> Result<Duration, TaskError> {
     humantime::parse_duration(value)
         .map_err(|e| TaskError::Permanent(format!("{field}: {value:?} is not a duration: {e}")))
-}
-
-/// `cron.fail-stale-payments`: marks `pending` payment transactions older than `max_age`
-/// (and not being charged right now: no live lease) as `failed`, with the reason, so
-/// reports stop counting them as in flight. It never decides money: a renewal handler that
-/// meets any row but `paid` asks the provider what happened to the key before it charges or
-/// records an outcome, so a replayed job corrects a row this task failed.
-pub struct FailStalePayments;
-
-impl Task for FailStalePayments {
-    const NAME: &'static str = "cron.fail-stale-payments";
-    type Payload = FailStale;
-    async fn run(&self, p: FailStale, ctx: &JobContext) -> Result<(), TaskError> {
-        let max_age = age("max_age", &p.max_age)?;
-        let n = sqlx::query(
-            "UPDATE payment_transactions
-                SET status = 'failed', updated_at = now(),
-                    failure_reason = 'stale: pending longer than ' || $1
-              WHERE status = 'pending' AND created_at < now() - make_interval(secs => $2)
-                AND (charging_until IS NULL OR charging_until < now())",
-        )
-        .bind(&p.max_age)
-        .bind(max_age.as_secs_f64())
-        .execute(&ctx.db)
-        .await
-        .retryable()?
-        .rows_affected();
-        tracing::info!(failed = n, max_age = %p.max_age, "stale pending payments failed");
-        Ok(())
-    }
 }
 
 /// `cron.prune-job-runs`: deletes finished ledger rows and cron tick records older than
@@ -115,8 +72,9 @@ impl Task for PruneJobRuns {
     }
 }
 
-/// Registers the built-in cron tasks.
+/// Registers the built-in cron tasks that need nothing but the database
+/// (`cron.fail-stale-payments` needs the providers: see [`crate::renewals::register`]).
 pub fn register(r: &mut Registry) -> Result<(), crate::DuplicateTask> {
-    r.register(FailStalePayments)?.register(PruneJobRuns)?;
+    r.register(PruneJobRuns)?;
     Ok(())
 }

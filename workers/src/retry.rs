@@ -50,6 +50,12 @@ impl RetryPolicy {
     }
 }
 
+/// Index of the tier a job snoozed for `delay` waits in: the longest tier not longer than
+/// `delay`, or the shortest when every tier is longer.
+pub fn tier_for_delay(delay: Duration, tiers: &[Duration]) -> usize {
+    tiers.iter().rposition(|t| *t <= delay).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +72,15 @@ mod tests {
             (1..=5).map(|r| p.tier(r, &tiers)).collect::<Vec<_>>(),
             vec![0, 1, 2, 2, 2]
         );
+    }
+
+    #[test]
+    fn a_snooze_waits_in_the_longest_tier_that_fits() {
+        let tiers = [s(1), s(5), s(30)];
+        assert_eq!(tier_for_delay(Duration::from_millis(10), &tiers), 0);
+        assert_eq!(tier_for_delay(s(1), &tiers), 0);
+        assert_eq!(tier_for_delay(s(29), &tiers), 1);
+        assert_eq!(tier_for_delay(s(3600), &tiers), 2);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use warren_workers::providers::{
-    AppmaxClient, AppmaxRenewal, Charge, PagarmeClient, ProviderError, RenewalCharge, Secret,
+    AppmaxClient, Charge, PagarmeClient, ProviderError, RenewalCharge, Secret,
 };
 use wiremock::matchers::{body_json, body_partial_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -186,17 +186,39 @@ async fn pagarme_429_is_retryable_after_retry_after() {
     ));
 }
 
+/// A gateway can approve the card and still answer 5xx: the outcome of a charge request
+/// that got one is unknown, never "nothing charged".
 #[tokio::test]
-async fn pagarme_500_is_retryable() {
-    let err = pagarme_answers(ResponseTemplate::new(500).set_body_string("upstream broke"))
+async fn pagarme_5xx_to_a_charge_is_unknown() {
+    let err = pagarme_answers(ResponseTemplate::new(502).set_body_string("upstream broke"))
         .await
         .unwrap_err();
     assert_eq!(
         err,
+        ProviderError::Unknown {
+            message:
+                "HTTP 502 to a charge request (the card may have been charged): upstream broke"
+                    .into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn pagarme_5xx_to_a_lookup_is_retryable() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/core/v5/orders"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("busy"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let err = pagarme(&server).find_orders_by_code(KEY).await.unwrap_err();
+    assert_eq!(
+        err,
         ProviderError::Retryable {
-            status: Some(500),
+            status: Some(503),
             retry_after: None,
-            message: "upstream broke".into()
+            message: "busy".into()
         }
     );
 }
@@ -260,18 +282,18 @@ async fn pagarme_find_by_code_url_encodes_the_key() {
         .expect(1)
         .mount(&server)
         .await;
-    let found = pagarme(&server).find_order_by_code(KEY).await.unwrap();
+    let found = pagarme(&server).find_orders_by_code(KEY).await.unwrap();
     assert_eq!(
         found,
-        Some(Charge::Paid {
+        vec![Charge::Paid {
             order_id: "or_1".into(),
             charge_id: Some("ch_1".into())
-        })
+        }]
     );
 }
 
 #[tokio::test]
-async fn pagarme_find_by_code_is_none_on_empty_data() {
+async fn pagarme_find_by_code_is_empty_on_empty_data() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/core/v5/orders"))
@@ -281,8 +303,8 @@ async fn pagarme_find_by_code_is_none_on_empty_data() {
         .mount(&server)
         .await;
     assert_eq!(
-        pagarme(&server).find_order_by_code(KEY).await.unwrap(),
-        None
+        pagarme(&server).find_orders_by_code(KEY).await.unwrap(),
+        vec![]
     );
 }
 
@@ -305,15 +327,6 @@ fn appmax(server: &MockServer) -> AppmaxClient {
 
 fn token() -> Secret {
     Secret::new(TOKEN)
-}
-
-fn appmax_renewal() -> AppmaxRenewal {
-    AppmaxRenewal {
-        reference: KEY.into(),
-        subscription_id: "sub_9".into(),
-        card_token: "tok_ok".into(),
-        amount_cents: 4990,
-    }
 }
 
 async fn mount_create(server: &MockServer, status: &str, times: u64) {
@@ -345,7 +358,13 @@ async fn appmax_charge_answers(response: ResponseTemplate) -> Result<Charge, Pro
         .expect(1)
         .mount(&server)
         .await;
-    appmax(&server).charge(&token(), &appmax_renewal()).await
+    let client = appmax(&server);
+    let order = client
+        .create_order(&token(), KEY, "sub_9", 4990)
+        .await
+        .unwrap();
+    assert_eq!(order.id, 123);
+    client.charge_card(&token(), order.id, "tok_ok").await
 }
 
 #[tokio::test]
@@ -382,20 +401,15 @@ async fn appmax_declined_surfaces_the_message() {
 }
 
 #[tokio::test]
-async fn appmax_does_not_charge_an_order_already_decided() {
+async fn appmax_an_existing_reference_answers_its_decided_order() {
     let server = MockServer::start().await;
     mount_create(&server, "approved", 1).await;
-    Mock::given(path("/api/v3/payment/credit-card"))
-        .respond_with(ResponseTemplate::new(500))
-        .expect(0)
-        .mount(&server)
-        .await;
-    let charge = appmax(&server)
-        .charge(&token(), &appmax_renewal())
+    let order = appmax(&server)
+        .create_order(&token(), KEY, "sub_9", 4990)
         .await
         .unwrap();
     assert_eq!(
-        charge,
+        order.charge,
         Charge::Paid {
             order_id: "123".into(),
             charge_id: None
@@ -436,7 +450,7 @@ async fn appmax_401_on_create_is_permanent_and_charges_nothing() {
         .mount(&server)
         .await;
     let err = appmax(&server)
-        .charge(&token(), &appmax_renewal())
+        .create_order(&token(), KEY, "sub_9", 4990)
         .await
         .unwrap_err();
     assert_eq!(
@@ -458,8 +472,24 @@ async fn appmax_429_is_retryable_after_retry_after() {
 }
 
 #[tokio::test]
-async fn appmax_500_is_retryable() {
+async fn appmax_5xx_to_a_charge_is_unknown() {
     let err = appmax_charge_answers(ResponseTemplate::new(503))
+        .await
+        .unwrap_err();
+    assert!(err.is_unknown(), "{err:?}");
+}
+
+#[tokio::test]
+async fn appmax_5xx_to_an_order_is_retryable() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/order"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let err = appmax(&server)
+        .create_order(&token(), KEY, "sub_9", 4990)
         .await
         .unwrap_err();
     assert!(
@@ -503,10 +533,11 @@ async fn appmax_find_by_reference_url_encodes_and_reads_the_order() {
         .mount(&server)
         .await;
     let found = appmax(&server)
-        .find_order_by_reference(&token(), KEY)
+        .find_orders_by_reference(&token(), KEY)
         .await
-        .unwrap()
         .unwrap();
+    assert_eq!(found.len(), 1);
+    let found = &found[0];
     assert_eq!(found.id, 123);
     assert_eq!(found.reference, KEY);
     assert_eq!(
@@ -519,7 +550,7 @@ async fn appmax_find_by_reference_url_encodes_and_reads_the_order() {
 }
 
 #[tokio::test]
-async fn appmax_find_by_reference_is_none_on_empty_data() {
+async fn appmax_find_by_reference_is_empty_on_empty_data() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/v3/order"))
@@ -530,10 +561,10 @@ async fn appmax_find_by_reference_is_none_on_empty_data() {
         .await;
     assert_eq!(
         appmax(&server)
-            .find_order_by_reference(&token(), KEY)
+            .find_orders_by_reference(&token(), KEY)
             .await
             .unwrap(),
-        None
+        vec![]
     );
 }
 

@@ -1,5 +1,6 @@
-//! Appmax: create an order for a renewal, charge it with the stored card token, and find an
-//! order by reference to reconcile.
+//! Appmax: create an order for a renewal, charge it with the stored card token, and find
+//! orders by reference to reconcile. Creating and charging are separate calls so the caller
+//! can record the order, and its intent to charge it, in between.
 //!
 //! Appmax has no idempotency header: the renewal key is the order `reference`, and creating
 //! an order whose reference exists returns the existing order. Credentials are per merchant,
@@ -10,25 +11,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{http_client, send_json, Charge, ProviderError, Secret};
+use super::{http_client, send_json, Charge, Effect, ProviderError, Secret};
 
 /// An Appmax client, shared by every merchant.
 #[derive(Debug, Clone)]
 pub struct AppmaxClient {
     http: reqwest::Client,
     base_url: String,
-}
-
-/// One renewal to charge on a stored card token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppmaxRenewal {
-    /// The renewal key: the order's `reference`.
-    pub reference: String,
-    /// The provider subscription id.
-    pub subscription_id: String,
-    /// The stored card token.
-    pub card_token: String,
-    pub amount_cents: i64,
 }
 
 /// An Appmax order and what was decided about it.
@@ -67,7 +56,9 @@ impl AppmaxClient {
             .post(self.url("/api/v3/order"))
             .header("access-token", access_token.expose())
             .json(&body);
-        send_json::<Order>(request).await?.into_order()
+        send_json::<Order>(request, Effect::Repeatable)
+            .await?
+            .into_order()
     }
 
     /// `POST /api/v3/payment/credit-card`: charges `order_id` with the stored card `token`.
@@ -89,18 +80,19 @@ impl AppmaxClient {
             .post(self.url("/api/v3/payment/credit-card"))
             .header("access-token", access_token.expose())
             .json(&body);
-        let payment: Payment = send_json(request).await?;
+        let payment: Payment = send_json(request, Effect::Charges).await?;
         payment
             .status
             .into_charge(payment.order_id, payment.message)
     }
 
-    /// `GET /api/v3/order?reference=<reference>`: the order a renewal key produced, if any.
-    pub async fn find_order_by_reference(
+    /// `GET /api/v3/order?reference=<reference>`: the orders a renewal key produced, as
+    /// listed (one, unless the gateway broke reference uniqueness).
+    pub async fn find_orders_by_reference(
         &self,
         access_token: &Secret,
         reference: &str,
-    ) -> Result<Option<AppmaxOrder>, ProviderError> {
+    ) -> Result<Vec<AppmaxOrder>, ProviderError> {
         #[derive(Deserialize)]
         struct Orders {
             data: Vec<Order>,
@@ -110,41 +102,8 @@ impl AppmaxClient {
             .get(self.url("/api/v3/order"))
             .header("access-token", access_token.expose())
             .query(&[("reference", reference)]);
-        let orders: Orders = send_json(request).await?;
-        orders
-            .data
-            .into_iter()
-            .next()
-            .map(Order::into_order)
-            .transpose()
-    }
-
-    /// Creates the order, then charges it unless Appmax already decided it (the reference
-    /// existed): a renewal that was approved or declined before is not charged again.
-    ///
-    /// After an [`ProviderError::Unknown`] from an earlier attempt, reconcile with
-    /// [`find_order_by_reference`](Self::find_order_by_reference) first: a `pending` order
-    /// may have a charge in flight.
-    pub async fn charge(
-        &self,
-        access_token: &Secret,
-        req: &AppmaxRenewal,
-    ) -> Result<Charge, ProviderError> {
-        let order = self
-            .create_order(
-                access_token,
-                &req.reference,
-                &req.subscription_id,
-                req.amount_cents,
-            )
-            .await?;
-        match order.charge {
-            Charge::Pending { .. } => {
-                self.charge_card(access_token, order.id, &req.card_token)
-                    .await
-            }
-            decided => Ok(decided),
-        }
+        let orders: Orders = send_json(request, Effect::Repeatable).await?;
+        orders.data.into_iter().map(Order::into_order).collect()
     }
 
     fn url(&self, path: &str) -> String {

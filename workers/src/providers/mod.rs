@@ -6,12 +6,14 @@
 //! - `Ok(`[`Charge::Paid`]`)` — charged; `Ok(`[`Charge::Failed`]`)` — declined, with the
 //!   acquirer's message (permanent for this attempt: dunning); `Ok(`[`Charge::Pending`]`)` —
 //!   not decided yet;
-//! - [`ProviderError::Retryable`] — nothing was charged (5xx, 429, connect error): try again
-//!   later, after [`ProviderError::retry_after`] when the provider said so;
+//! - [`ProviderError::Retryable`] — nothing was charged (a 429, a connect error, a 5xx to a
+//!   request that charges nothing): try again later, after [`ProviderError::retry_after`]
+//!   when the provider said so;
 //! - [`ProviderError::Permanent`] — the request itself is wrong (400/401/403/404/422, an
 //!   answer that is not the documented shape): retrying cannot help;
-//! - [`ProviderError::Unknown`] — the request may have reached the provider (timeout, reset
-//!   after sending): the charge may exist, so reconcile by code/reference before charging again.
+//! - [`ProviderError::Unknown`] — a request that charges may have been acted on (a 5xx, a
+//!   timeout, a reset after sending): the charge may exist, so reconcile by code/reference
+//!   before charging again. A gateway can approve a card and still answer `502`.
 //!
 //! Secrets travel as [`Secret`], whose `Debug` never prints them.
 
@@ -25,7 +27,7 @@ use reqwest::{header::RETRY_AFTER, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-pub use appmax::{AppmaxClient, AppmaxOrder, AppmaxRenewal};
+pub use appmax::{AppmaxClient, AppmaxOrder};
 pub use pagarme::{PagarmeClient, RenewalCharge};
 pub use warren_core::config::Secret;
 
@@ -36,8 +38,9 @@ pub enum ProviderError {
     /// of a [`Charge::Failed`].
     #[error("declined: {message}")]
     Declined { message: String },
-    /// Nothing was charged and a later attempt may succeed: a 5xx, a 429 (with the
-    /// provider's `Retry-After`), a connection that could not be opened.
+    /// Nothing was charged and a later attempt may succeed: a 429 (with the provider's
+    /// `Retry-After`), a connection that could not be opened, a 5xx to a request that
+    /// charges nothing.
     #[error("retryable provider error{}: {message}", fmt_status(*status))]
     Retryable {
         status: Option<u16>,
@@ -50,8 +53,8 @@ pub enum ProviderError {
         status: Option<u16>,
         message: String,
     },
-    /// The request may have been processed (a timeout, a reset after sending): the charge may
-    /// exist. Reconcile by code/reference before charging again.
+    /// A request that charges may have been processed (a 5xx, a timeout, a reset after
+    /// sending): the charge may exist. Reconcile by code/reference before charging again.
     #[error("unknown provider outcome: {message}")]
     Unknown { message: String },
 }
@@ -139,13 +142,26 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
         })
 }
 
+/// What a request does at the provider, which decides what a failed answer means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Reads, or creates what a repeat finds again (an order by reference): a `5xx` decided
+    /// nothing that matters.
+    Repeatable,
+    /// May charge a card: a `5xx` can come after the charge was made, so it is unknown.
+    Charges,
+}
+
 /// Sends `request` and decodes a successful answer as `T`; every failure classified by
 /// [`classify_transport`] or [`classify_status`].
-async fn send_json<T: DeserializeOwned>(request: RequestBuilder) -> Result<T, ProviderError> {
+async fn send_json<T: DeserializeOwned>(
+    request: RequestBuilder,
+    effect: Effect,
+) -> Result<T, ProviderError> {
     let response = request.send().await.map_err(classify_transport)?;
     let status = response.status();
     if !status.is_success() {
-        return Err(classify_status(response).await);
+        return Err(classify_status(response, effect).await);
     }
     let body = response.bytes().await.map_err(classify_transport)?;
     serde_json::from_slice(&body).map_err(|e| ProviderError::invalid_response(status, e))
@@ -179,9 +195,10 @@ fn classify_transport(err: reqwest::Error) -> ProviderError {
     }
 }
 
-/// A non-success answer: `429` and `5xx` are retryable (honouring `Retry-After` in
-/// seconds), other `4xx` permanent with the body's `message`.
-async fn classify_status(response: Response) -> ProviderError {
+/// A non-success answer: `429` is retryable (honouring `Retry-After` in seconds); a `5xx` is
+/// retryable, or unknown for a request that charges; other `4xx` are permanent with the
+/// body's `message`.
+async fn classify_status(response: Response, effect: Effect) -> ProviderError {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -191,7 +208,14 @@ async fn classify_status(response: Response) -> ProviderError {
         .map(Duration::from_secs);
     let body = response.text().await.unwrap_or_default();
     let message = error_message(status, &body);
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+    if status.is_server_error() && effect == Effect::Charges {
+        ProviderError::Unknown {
+            message: format!(
+                "HTTP {} to a charge request (the card may have been charged): {message}",
+                status.as_u16()
+            ),
+        }
+    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         ProviderError::Retryable {
             status: Some(status.as_u16()),
             retry_after,

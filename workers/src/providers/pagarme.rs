@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{http_client, send_json, Charge, ProviderError, Secret};
+use super::{http_client, send_json, Charge, Effect, ProviderError, Secret};
 
 /// A Pagar.me client: HTTP Basic with the secret key as user name, empty password.
 #[derive(Debug, Clone)]
@@ -73,11 +73,14 @@ impl PagarmeClient {
             .basic_auth(self.secret_key.expose(), Some(""))
             .header("Idempotency-Key", &req.key)
             .json(&body);
-        send_json::<Order>(request).await?.into_charge()
+        send_json::<Order>(request, Effect::Charges)
+            .await?
+            .into_charge()
     }
 
-    /// `GET /core/v5/orders?code=<code>`: the order a renewal key produced, if any.
-    pub async fn find_order_by_code(&self, code: &str) -> Result<Option<Charge>, ProviderError> {
+    /// `GET /core/v5/orders?code=<code>`: the orders a renewal key produced, as listed (one,
+    /// unless a repeat past the idempotency window created another).
+    pub async fn find_orders_by_code(&self, code: &str) -> Result<Vec<Charge>, ProviderError> {
         #[derive(Deserialize)]
         struct Orders {
             data: Vec<Order>,
@@ -87,13 +90,8 @@ impl PagarmeClient {
             .get(self.url())
             .basic_auth(self.secret_key.expose(), Some(""))
             .query(&[("code", code)]);
-        let orders: Orders = send_json(request).await?;
-        orders
-            .data
-            .into_iter()
-            .next()
-            .map(Order::into_charge)
-            .transpose()
+        let orders: Orders = send_json(request, Effect::Repeatable).await?;
+        orders.data.into_iter().map(Order::into_charge).collect()
     }
 
     fn url(&self) -> String {

@@ -4,24 +4,24 @@
 //! `merchant_integrations` holding `credentials.access_token`, and a card token (the vaulted
 //! `customer_payment_methods` row, or `metadata.appmaxCardToken`). The interval defaults to
 //! one month when the metadata has none. Appmax has no idempotency header: the renewal key
-//! is the order `reference`, and reconciliation looks the order up by reference.
+//! is the order `reference`; the order is opened first and its id recorded, and only that
+//! order is ever charged. Reconciliation looks the orders up by reference. A `pending`
+//! order is ambiguous (never charged, or charged and settling): only the recorded intent
+//! tells them apart, so a charge request is never repeated.
 
-use super::{Api, Provider, Subscription};
-use crate::providers::{AppmaxClient, AppmaxRenewal, Charge, ProviderError, Secret};
+use super::{Provider, Subscription};
+use crate::providers::{AppmaxClient, Charge, ProviderError, Secret};
 use sqlx::PgPool;
+use std::time::Duration;
 
 /// The Appmax side of [`super::Renewal`].
 pub struct Appmax {
     client: AppmaxClient,
-    api: Api,
 }
 
 impl Appmax {
-    pub fn new(client: AppmaxClient, rate_limit: Option<u32>) -> Self {
-        Self {
-            client,
-            api: Api::new(<Self as Provider>::LABEL, rate_limit),
-        }
+    pub fn new(client: AppmaxClient) -> Self {
+        Self { client }
     }
 }
 
@@ -36,6 +36,7 @@ impl Provider for Appmax {
     const LABEL: &'static str = "appmax";
     const DB: &'static str = "APPMAX";
     const INTERVAL_REQUIRED: bool = false;
+    const OPENS_ORDER: bool = true;
     type Prepared = Merchant;
 
     async fn prepare(
@@ -90,31 +91,47 @@ impl Provider for Appmax {
         }))
     }
 
-    async fn charge(
+    fn idempotency_window(&self) -> Option<Duration> {
+        None
+    }
+
+    async fn open(
         &self,
         m: &Merchant,
         sub: &Subscription,
         key: &str,
     ) -> Result<Charge, ProviderError> {
-        let req = AppmaxRenewal {
-            reference: key.to_owned(),
-            subscription_id: m.subscription_id.clone(),
-            card_token: m.card_token.clone(),
-            amount_cents: sub.amount_cents,
-        };
-        self.api
-            .charge(self.client.charge(&m.access_token, &req))
+        let order = self
+            .client
+            .create_order(&m.access_token, key, &m.subscription_id, sub.amount_cents)
+            .await?;
+        Ok(order.charge)
+    }
+
+    async fn charge(
+        &self,
+        m: &Merchant,
+        _sub: &Subscription,
+        _key: &str,
+        order: Option<&str>,
+    ) -> Result<Charge, ProviderError> {
+        let order_id =
+            order
+                .and_then(|o| o.parse::<u64>().ok())
+                .ok_or_else(|| ProviderError::Permanent {
+                    status: None,
+                    message: format!("an Appmax charge needs a numeric order id, got {order:?}"),
+                })?;
+        self.client
+            .charge_card(&m.access_token, order_id, &m.card_token)
             .await
     }
 
-    async fn lookup(&self, m: &Merchant, key: &str) -> Result<Option<Charge>, ProviderError> {
-        self.api
-            .lookup(async {
-                self.client
-                    .find_order_by_reference(&m.access_token, key)
-                    .await
-                    .map(|o| o.map(|o| o.charge))
-            })
-            .await
+    async fn lookup(&self, m: &Merchant, key: &str) -> Result<Vec<Charge>, ProviderError> {
+        let orders = self
+            .client
+            .find_orders_by_reference(&m.access_token, key)
+            .await?;
+        Ok(orders.into_iter().map(|o| o.charge).collect())
     }
 }

@@ -1,44 +1,59 @@
 //! The renewal handlers `renewal.pagarme` and `renewal.appmax`: charge one subscription for
-//! one period (and dunning attempt), exactly once, whatever crashes and redeliveries happen.
+//! one period (and dunning attempt) exactly once, whatever crashes, redeliveries and
+//! provider answers happen.
 //!
-//! One attempt of one period, in order (design and states: `docs/providers.md`):
+//! The rule is *intent before act*: the key's `payment_transactions` row records, committed,
+//! every charge request before it is sent ([`record::Lease::intend_charge`]). A charge
+//! request is sent only while no request for the key is outstanding (none was sent, or the
+//! provider positively refused each: a 429, a 4xx, a connection that never opened), or —
+//! Pagar.me only — when repeating it is harmless: the same `Idempotency-Key` inside the
+//! provider's window, after lookups showed nothing for a while. Otherwise the attempt only
+//! reconciles: it looks the key up and records what the provider decided, or waits and
+//! looks again (a snooze, no attempt spent); past `[billing] unknown_outcome_after` the job
+//! is dead-lettered `unknown-outcome` and the subscription flagged.
+//!
+//! One attempt, in order (design and states: `docs/providers.md`):
 //!
 //! 1. Load the subscription. Canceled, UNPAID, already renewed past this period, or a
 //!    different attempt than the one due → acked as a no-op.
 //! 2. Preconditions (card, customer, interval, merchant integration). Missing → permanent
 //!    error naming the field; the reason goes to `metadata.renewalError` and an event row;
 //!    no provider call.
-//! 3. Insert the `payment_transactions` row (`pending`, unique idempotency key) in its own
-//!    commit **before** calling the provider, taking the key's lease (`charging_until`), so
-//!    one worker at a time calls the provider for a key. A row that exists means an earlier
-//!    try got this far: unless it is `paid`, ask the provider what happened to the key
-//!    (reconcile) before charging.
-//! 4. Charge with the key. Paid → transaction `paid`, period advanced, `ACTIVE`, event.
-//!    Declined → transaction `failed`, `PAST_DUE` with the next dunning attempt (or `UNPAID`
-//!    after the last), event; the job succeeds. Retryable → the runtime retries (a short
-//!    `Retry-After` is honoured in place). Unknown (timeout) → reconcile at once; still
-//!    unknown → retry, which reconciles first.
-//!
-//! Every provider call goes through [`Api`]: the per-process rate limit and the provider
-//! metrics.
+//! 3. Wait for the rate limiter, then take the key's lease: insert the `pending` row, or
+//!    take the existing row's lease when it is free. The lease names its owner (this job
+//!    attempt on this worker), is renewed while the attempt runs and released only by it.
+//! 4. A `paid` row is finished again. A row with a request outstanding is reconciled (see
+//!    above). Otherwise charge: Appmax opens the order first (recording its id), then the
+//!    intent is recorded and the one charging request sent.
+//! 5. Paid → row `paid`, period advanced, `ACTIVE`, event (a period another key already
+//!    paid → `duplicate_charge`, for a refund). Declined → row `failed`, `PAST_DUE` with the
+//!    next dunning attempt (or `UNPAID`), event; the job succeeds. Pending, `5xx`, timeout or
+//!    reset → look the key up at once, then wait. Refused (429, connect) → the runtime
+//!    retries (a short `Retry-After` is honoured in place); a 4xx → `rejected`, permanent.
 
+mod api;
 mod appmax;
 mod pagarme;
+mod record;
+pub mod stale;
 
+pub use api::Api;
 pub use appmax::Appmax;
 pub use pagarme::Pagarme;
 
 use crate::providers::{Charge, ProviderError};
 use crate::{JobContext, Registry, Task, TaskError};
+use api::{charge_label, lookup_label, Permit};
 use chrono::{DateTime, Utc};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use record::{Claim, Event, Lease, NewRow, Row, Undecided};
 use serde_json::json;
 use sqlx::PgPool;
 use std::future::Future;
-use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 use uuid::Uuid;
 use warren_core::billing::{renewal_key, DunningSchedule, Interval};
+use warren_core::config::BillingPolicy;
 use warren_core::task::{RenewalPayload, RENEWAL_APPMAX, RENEWAL_PAGARME};
 use warren_core::telemetry::names;
 
@@ -46,120 +61,21 @@ use warren_core::telemetry::names;
 /// to the runtime's delay tiers.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// Rate limit and metrics around one provider's API calls.
-pub struct Api {
-    provider: &'static str,
-    limiter: Option<DefaultDirectRateLimiter>,
-}
+/// How long a key's lease lasts without renewal: a worker that dies (`kill -9`) blocks its
+/// keys this long. A live attempt renews it every third of that.
+const LEASE: Duration = Duration::from_secs(15);
 
-impl Api {
-    /// `rate_limit`: most requests per second from this process (`None`: unlimited).
-    pub fn new(provider: &'static str, rate_limit: Option<u32>) -> Self {
-        Self {
-            provider,
-            limiter: rate_limit
-                .and_then(NonZeroU32::new)
-                .map(|r| RateLimiter::direct(Quota::per_second(r))),
-        }
-    }
+/// The longest a reconciling job snoozes between two lookups.
+const MAX_LOOK_AGAIN: Duration = Duration::from_secs(3600);
 
-    async fn call<T>(
-        &self,
-        operation: &'static str,
-        outcome: impl Fn(&T) -> &'static str,
-        request: impl Future<Output = Result<T, ProviderError>>,
-    ) -> Result<T, ProviderError> {
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
-        let started = Instant::now();
-        let result = request.await;
-        let label = match &result {
-            Ok(v) => outcome(v),
-            Err(ProviderError::Declined { .. }) => "failed",
-            Err(ProviderError::Retryable { .. }) => "retryable",
-            Err(ProviderError::Permanent { .. }) => "permanent",
-            Err(ProviderError::Unknown { .. }) => "unknown",
-        };
-        metrics::histogram!(names::PROVIDER_REQUEST_DURATION,
-            "provider" => self.provider, "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
-        metrics::counter!(names::PROVIDER_REQUESTS,
-            "provider" => self.provider, "operation" => operation, "outcome" => label)
-        .increment(1);
-        result
-    }
+/// This process, in lease owners: the pid and a random suffix (pids repeat across hosts).
+static INSTANCE: LazyLock<String> = LazyLock::new(|| {
+    let r = Uuid::new_v4().simple().to_string();
+    format!("{}-{}", std::process::id(), &r[..8])
+});
 
-    async fn charge(
-        &self,
-        request: impl Future<Output = Result<Charge, ProviderError>>,
-    ) -> Result<Charge, ProviderError> {
-        self.call("charge", charge_label, request).await
-    }
-
-    async fn lookup(
-        &self,
-        request: impl Future<Output = Result<Option<Charge>, ProviderError>>,
-    ) -> Result<Option<Charge>, ProviderError> {
-        self.call(
-            "lookup",
-            |found: &Option<Charge>| match found {
-                Some(c) => charge_label(c),
-                None => "not_found",
-            },
-            request,
-        )
-        .await
-    }
-}
-
-fn charge_label(c: &Charge) -> &'static str {
-    match c {
-        Charge::Paid { .. } => "paid",
-        Charge::Failed { .. } => "failed",
-        Charge::Pending { .. } => "pending",
-    }
-}
-
-/// A subscription as the handlers read it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Subscription {
-    pub id: Uuid,
-    pub provider: String,
-    pub status: String,
-    pub current_period_end: DateTime<Utc>,
-    pub canceled_at: Option<DateTime<Utc>>,
-    pub dunning_attempt: i16,
-    pub metadata: serde_json::Value,
-    pub amount_cents: i64,
-    pub currency: String,
-    pub merchant_id: Option<Uuid>,
-    pub provider_subscription_id: Option<String>,
-    /// `customer_payment_methods.provider_payment_method_id` of the vaulted card, when
-    /// `vault_payment_method_id` points to a card of the subscription's provider.
-    pub vault_card: Option<String>,
-}
-
-impl Subscription {
-    /// A non-empty string in `metadata`.
-    pub fn meta_str(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .get(key)
-            .and_then(|v| v.as_str())
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-    }
-
-    /// The vaulted card, else `metadata.<fallback>`.
-    pub fn card(&self, fallback: &str) -> Option<&str> {
-        self.vault_card
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .or_else(|| self.meta_str(fallback))
-    }
-}
-
-/// What differs between the providers.
+/// What differs between the providers. The methods make one raw request each; the handler
+/// wraps them in its [`Api`] (rate limit, metrics) and records intent around them.
 pub trait Provider: Send + Sync + 'static {
     /// `pagarme` / `appmax`: metric label.
     const LABEL: &'static str;
@@ -167,6 +83,8 @@ pub trait Provider: Send + Sync + 'static {
     const DB: &'static str;
     /// Whether `metadata.intervalUnit`/`intervalCount` must be present (else one month).
     const INTERVAL_REQUIRED: bool;
+    /// Whether a charge needs an order opened first ([`Provider::open`]).
+    const OPENS_ORDER: bool;
     /// What a charge needs, checked before any call.
     type Prepared: Send + Sync;
 
@@ -177,46 +95,76 @@ pub trait Provider: Send + Sync + 'static {
         db: &PgPool,
     ) -> impl Future<Output = Result<Result<Self::Prepared, String>, sqlx::Error>> + Send;
 
-    /// Charges `key` (the provider never charges one key twice).
+    /// How long the provider answers a repeated charge request for one key with the first
+    /// one (Pagar.me's `Idempotency-Key`). `None`: a repeat may charge again (Appmax).
+    fn idempotency_window(&self) -> Option<Duration>;
+
+    /// Opens what the charge request charges, charging nothing (Appmax: the order for the
+    /// key, or the one that exists). `Pending` carries the order to charge; a decided
+    /// order answers its decision. Called only when [`Provider::OPENS_ORDER`].
+    fn open(
+        &self,
+        _p: &Self::Prepared,
+        _sub: &Subscription,
+        _key: &str,
+    ) -> impl Future<Output = Result<Charge, ProviderError>> + Send {
+        async {
+            Err(ProviderError::Permanent {
+                status: None,
+                message: format!("{} opens no order before a charge", Self::LABEL),
+            })
+        }
+    }
+
+    /// The one request that may charge the card; `order` is the opened order, if any.
     fn charge(
         &self,
         p: &Self::Prepared,
         sub: &Subscription,
         key: &str,
+        order: Option<&str>,
     ) -> impl Future<Output = Result<Charge, ProviderError>> + Send;
 
-    /// What the provider knows about `key`.
+    /// Every order the provider holds for `key`, newest first.
     fn lookup(
         &self,
         p: &Self::Prepared,
         key: &str,
-    ) -> impl Future<Output = Result<Option<Charge>, ProviderError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Charge>, ProviderError>> + Send;
 }
 
 /// A renewal handler for provider `P`.
 pub struct Renewal<P> {
     provider: P,
+    api: Api,
     dunning: DunningSchedule,
-    /// How long one worker owns a key's provider calls before another may take over.
-    lease: Duration,
+    policy: BillingPolicy,
+    request_timeout: Duration,
 }
 
 impl<P: Provider> Renewal<P> {
-    /// `request_timeout` is the provider client's: the key lease covers a charge, a
-    /// reconcile and an inline `Retry-After` with room to spare.
-    pub fn new(provider: P, dunning: DunningSchedule, request_timeout: Duration) -> Self {
+    /// `rate_limit`: most provider requests per second from this process; `request_timeout`
+    /// is the provider client's.
+    pub fn new(
+        provider: P,
+        rate_limit: Option<u32>,
+        dunning: DunningSchedule,
+        policy: BillingPolicy,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             provider,
+            api: Api::new(P::LABEL, rate_limit),
             dunning,
-            lease: request_timeout * 3 + MAX_INLINE_RETRY_AFTER + Duration::from_secs(2),
+            policy,
+            request_timeout,
         }
     }
-}
 
-impl<P> Renewal<P> {
-    /// An attempt may wait out a dead worker's lease, then hold its own.
+    /// An attempt may wait out a dead worker's lease, then make up to five requests (a
+    /// lookup, the order, the charge, a charge after a short `Retry-After`, a lookup).
     fn attempt_timeout(&self) -> Duration {
-        self.lease * 2 + Duration::from_secs(5)
+        LEASE + MAX_INLINE_RETRY_AFTER + self.request_timeout * 5 + Duration::from_secs(10)
     }
 }
 
@@ -242,19 +190,37 @@ impl Task for Renewal<Appmax> {
     }
 }
 
-/// Registers whichever handlers are configured.
+/// Registers whichever handlers are configured, and `cron.fail-stale-payments`, which
+/// reconciles stale rows with the same providers.
 pub fn register(
     registry: &mut Registry,
     pagarme: Option<Renewal<Pagarme>>,
     appmax: Option<Renewal<Appmax>>,
 ) -> Result<(), crate::DuplicateTask> {
-    if let Some(h) = pagarme {
-        registry.register(h)?;
+    let pagarme = pagarme.map(Arc::new);
+    let appmax = appmax.map(Arc::new);
+    if let Some(h) = &pagarme {
+        registry.register(Shared(h.clone()))?;
     }
-    if let Some(h) = appmax {
-        registry.register(h)?;
+    if let Some(h) = &appmax {
+        registry.register(Shared(h.clone()))?;
     }
+    registry.register(stale::FailStalePayments::new(pagarme, appmax))?;
     Ok(())
+}
+
+/// A handler the registry shares with the stale-payment sweep.
+struct Shared<T>(Arc<T>);
+
+impl<T: Task> Task for Shared<T> {
+    const NAME: &'static str = T::NAME;
+    type Payload = T::Payload;
+    async fn run(&self, p: T::Payload, ctx: &JobContext) -> Result<(), TaskError> {
+        self.0.run(p, ctx).await
+    }
+    fn timeout(&self) -> Duration {
+        self.0.timeout()
+    }
 }
 
 fn db_err(e: sqlx::Error) -> TaskError {
@@ -310,138 +276,468 @@ async fn renew<P: Provider>(
         Err(reason) => return precondition_failed::<P>(db, &ev, reason).await,
     };
 
-    let lease = h.lease;
-    let mut claimed = claim(db, &sub, &p, &key, lease).await.map_err(db_err)?;
+    // The limiter first, so the lease is never spent waiting in it.
+    let permit = h.api.admit().await;
+    let owner = format!(
+        "{}@{}#{}",
+        ctx.job_id,
+        *INSTANCE,
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    let lease = Lease::new(db.clone(), &key, owner, LEASE);
+    let new = NewRow {
+        sub: sub.id,
+        provider: &sub.provider,
+        amount_cents: sub.amount_cents,
+        currency: &sub.currency,
+        period_end: p.period_end,
+        attempt: p.attempt,
+    };
+    let mut claimed = lease.claim(&new).await.map_err(db_err)?;
     if let Claim::Busy { remaining } = claimed {
-        // Another worker holds the key: it is charging, or it died (kill -9) and its
-        // lease runs out. Wait that out once rather than burn attempts.
-        if remaining <= lease {
+        // Another attempt holds the key: it is charging, or it died (kill -9) and its
+        // lease runs out. Wait that out once rather than snooze at once.
+        if remaining <= LEASE {
             tokio::time::sleep(remaining + Duration::from_millis(100)).await;
-            claimed = claim(db, &sub, &p, &key, lease).await.map_err(db_err)?;
+            claimed = lease.claim(&new).await.map_err(db_err)?;
         }
     }
-    let decided = match claimed {
-        Claim::Fresh => None,
-        Claim::Busy { .. } => {
-            return Err(TaskError::Retryable(format!(
-                "another worker is charging {key}; retrying later"
-            )))
+    let row = match claimed {
+        Claim::Held(row) => row,
+        Claim::Busy { remaining } => {
+            return Err(TaskError::Snooze {
+                after: remaining.max(Duration::from_secs(1)),
+                reason: format!("another worker holds the lease of {key}"),
+            })
         }
-        Claim::Paid {
-            order_id,
-            charge_id,
-        } => Some(Charge::Paid {
-            order_id: order_id.unwrap_or_default(),
-            charge_id,
-        }),
-        Claim::Undecided { status } => {
-            // An earlier try reached the provider or may have: ask before charging.
-            match h.provider.lookup(&prepared, &key).await {
-                Ok(Some(Charge::Pending { order_id })) if status == "unknown" => {
-                    // A charge may be in flight on this order: never charge it again blind.
-                    return unknown::<P>(
-                        db,
-                        &ev,
-                        format!("order {order_id} is still pending after an unknown outcome"),
+    };
+    let _renewing = lease.keep_alive();
+    let mut attempt = Attempt {
+        h,
+        db,
+        ev: &ev,
+        lease: &lease,
+        prepared: &prepared,
+        sub: &sub,
+        interval,
+        ctx,
+        permit: Some(permit),
+    };
+    attempt.run(row).await
+}
+
+/// One attempt that holds its key's lease.
+struct Attempt<'a, P: Provider> {
+    h: &'a Renewal<P>,
+    db: &'a PgPool,
+    ev: &'a Event<'a>,
+    lease: &'a Lease,
+    prepared: &'a P::Prepared,
+    sub: &'a Subscription,
+    interval: Interval,
+    ctx: &'a JobContext,
+    /// The rate-limit permit taken before the lease, for the first request.
+    permit: Option<Permit>,
+}
+
+impl<P: Provider> Attempt<'_, P> {
+    async fn run(&mut self, row: Row) -> Result<(), TaskError> {
+        match row.status.as_str() {
+            // The finish did not land (or this is a late copy): finish again, idempotent.
+            "paid" => {
+                let paid = Charge::Paid {
+                    order_id: row.order_id.unwrap_or_default(),
+                    charge_id: row.charge_id,
+                };
+                return self.record(paid).await;
+            }
+            "duplicate_charge" => {
+                record::release_lease(self.db, self.ev.key, self.lease.owner())
+                    .await
+                    .map_err(db_err)?;
+                return Ok(());
+            }
+            _ => {}
+        }
+        if row.may_have_charged() {
+            return self.reconcile(&row).await;
+        }
+        self.charge(row.order_id).await
+    }
+
+    /// A charge request is outstanding: record what the provider decided, repeat the
+    /// request where that is harmless, or wait and look again.
+    async fn reconcile(&mut self, row: &Row) -> Result<(), TaskError> {
+        match self.lookup(row.order_id.as_deref()).await {
+            Ok(Some(c @ (Charge::Paid { .. } | Charge::Failed { .. }))) => self.record(c).await,
+            Ok(Some(Charge::Pending { order_id })) => {
+                self.wait(format!("order {order_id} is still pending at the provider"))
+                    .await
+            }
+            Ok(None) if self.may_repeat(row) => {
+                tracing::info!(job_id = %self.ctx.job_id, key = self.ev.key,
+                    "the provider shows no charge; repeating the request under its idempotency key");
+                self.charge(row.order_id.clone()).await
+            }
+            Ok(None) => {
+                self.wait("the provider does not show the charge request's order yet".into())
+                    .await
+            }
+            Err(e) => self.wait(format!("looking the key up failed: {e}")).await,
+        }
+    }
+
+    /// Whether repeating the charge request is harmless and due: inside the provider's
+    /// idempotency window (counted from the first request), after lookups showed nothing for
+    /// `resend_after` since the last request, and for at least half the time since the first
+    /// (so repeats to a provider that keeps failing thin out: 1, 2, 4, 8 … × `resend_after`).
+    fn may_repeat(&self, row: &Row) -> bool {
+        let (Some(window), Some(first), Some(last)) = (
+            self.h.provider.idempotency_window(),
+            row.since_first_request,
+            row.since_last_request,
+        ) else {
+            return false;
+        };
+        first < window && last >= self.h.policy.resend_after.max(first / 2)
+    }
+
+    /// Opens the order if the provider needs one, records the intent, sends the one
+    /// charging request and records or reconciles what it answered.
+    async fn charge(&mut self, order: Option<String>) -> Result<(), TaskError> {
+        let order = match order {
+            Some(o) => Some(o),
+            None if P::OPENS_ORDER => {
+                let opened = self
+                    .h
+                    .api
+                    .call(
+                        self.permit.take(),
+                        "open",
+                        charge_label,
+                        self.h.provider.open(self.prepared, self.sub, self.ev.key),
                     )
                     .await;
+                match opened {
+                    Ok(Charge::Pending { order_id }) => {
+                        if !self.lease.order_opened(&order_id).await.map_err(db_err)? {
+                            return self.lost_lease().await;
+                        }
+                        Some(order_id)
+                    }
+                    // The reference was decided before: record that, charge nothing.
+                    Ok(decided) => return self.record(decided).await,
+                    Err(e) => return self.failed(e).await,
                 }
-                // Known to be undecided and uncharged (the last call was refused): charge;
-                // the provider's key (Pagar.me) or reference (Appmax) keeps it one order.
-                Ok(Some(Charge::Pending { .. })) => None,
-                Ok(found) => found,
-                Err(e) => return provider_failed::<P>(db, &ev, ctx, e).await,
             }
-        }
-    };
-
-    let outcome = match decided {
-        Some(charge) => Ok(charge),
-        None => charge_once_more_after_short_wait(&h.provider, &prepared, &sub, &key).await,
-    };
-    let outcome = match outcome {
-        Err(ProviderError::Unknown { message }) => {
-            mark_unknown(db, &key, &message).await.map_err(db_err)?;
-            // Reconcile now: the provider may have charged before the connection broke.
-            match h.provider.lookup(&prepared, &key).await {
-                Ok(Some(c @ (Charge::Paid { .. } | Charge::Failed { .. }))) => Ok(c),
-                Ok(_) => return unknown::<P>(db, &ev, message).await,
+            None => None,
+        };
+        let mut waited_inline = false;
+        loop {
+            if !self.lease.intend_charge().await.map_err(db_err)? {
+                return self.lost_lease().await;
+            }
+            let answer = self
+                .h
+                .api
+                .call(
+                    self.permit.take(),
+                    "charge",
+                    charge_label,
+                    self.h
+                        .provider
+                        .charge(self.prepared, self.sub, self.ev.key, order.as_deref()),
+                )
+                .await;
+            let e = match answer {
+                Ok(c @ (Charge::Paid { .. } | Charge::Failed { .. })) => {
+                    return self.record(c).await
+                }
+                Ok(Charge::Pending { order_id }) => {
+                    return self
+                        .wait(format!("order {order_id} is pending at the provider"))
+                        .await
+                }
+                Err(ProviderError::Declined { message }) => {
+                    return self.declined(order.as_deref(), &message).await
+                }
+                Err(e) if refused(&e) => e,
                 Err(e) => {
-                    return unknown::<P>(db, &ev, format!("{message}; reconcile failed: {e}")).await
+                    // The charge may exist: ask at once, then wait.
+                    return match self.lookup(order.as_deref()).await {
+                        Ok(Some(c @ (Charge::Paid { .. } | Charge::Failed { .. }))) => {
+                            self.record(c).await
+                        }
+                        Ok(_) => self.wait(e.to_string()).await,
+                        Err(l) => self.wait(format!("{e}; looking it up failed: {l}")).await,
+                    };
                 }
+            };
+            // Refused: nothing was charged.
+            self.lease.refused().await.map_err(db_err)?;
+            match e.retry_after() {
+                Some(d) if !waited_inline && d <= MAX_INLINE_RETRY_AFTER => {
+                    waited_inline = true;
+                    tokio::time::sleep(d).await;
+                }
+                _ => return self.failed(e).await,
             }
         }
-        other => other,
-    };
-    match outcome {
-        Ok(Charge::Paid {
-            order_id,
-            charge_id,
-        }) => {
-            let next = interval
-                .advance(p.period_end)
-                .map_err(|e| TaskError::Permanent(e.to_string()))?;
-            paid(db, &ev, &order_id, charge_id.as_deref(), next)
+    }
+
+    /// Looks the key up; of several orders, the one this key opened, else the first decided.
+    async fn lookup(&mut self, ours: Option<&str>) -> Result<Option<Charge>, ProviderError> {
+        let found = self
+            .h
+            .api
+            .call(
+                self.permit.take(),
+                "lookup",
+                |f: &Vec<Charge>| lookup_label(f),
+                self.h.provider.lookup(self.prepared, self.ev.key),
+            )
+            .await?;
+        Ok(pick(found, ours))
+    }
+
+    /// A decision: paid or declined.
+    async fn record(&self, c: Charge) -> Result<(), TaskError> {
+        match c {
+            Charge::Paid {
+                order_id,
+                charge_id,
+            } => {
+                let next = self
+                    .interval
+                    .advance(self.ev.period_end)
+                    .map_err(|e| TaskError::Permanent(e.to_string()))?;
+                let how = record::paid(
+                    self.db,
+                    self.ev,
+                    self.lease.owner(),
+                    &order_id,
+                    charge_id.as_deref(),
+                    next,
+                )
                 .await
                 .map_err(db_err)?;
-            count(P::LABEL, "paid");
-            tracing::info!(job_id = %ctx.job_id, subscription = %sub.id, order_id, key, "renewal paid");
-            Ok(())
+                let sub = self.ev.sub;
+                let key = self.ev.key;
+                match how {
+                    record::Paid::Recorded => {
+                        count(P::LABEL, "paid");
+                        tracing::info!(job_id = %self.ctx.job_id, subscription = %sub, order_id, key, "renewal paid");
+                    }
+                    record::Paid::Duplicate => {
+                        count(P::LABEL, "duplicate_charge");
+                        tracing::error!(job_id = %self.ctx.job_id, subscription = %sub, order_id, key,
+                            "duplicate charge: the period was already paid by another transaction; refund it (warren billing anomalies)");
+                    }
+                }
+                Ok(())
+            }
+            Charge::Failed { order_id, message } => self.declined(Some(&order_id), &message).await,
+            Charge::Pending { order_id } => {
+                self.wait(format!("order {order_id} is pending at the provider"))
+                    .await
+            }
         }
-        Ok(Charge::Failed { order_id, message }) => {
-            on_declined::<P>(h, db, &ev, ctx, Some(&order_id), &message).await
+    }
+
+    /// Declined: the job succeeds; the subscription waits for its next dunning attempt.
+    async fn declined(&self, order_id: Option<&str>, message: &str) -> Result<(), TaskError> {
+        let next_at = self
+            .h
+            .dunning
+            .after_decline(self.ev.attempt)
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| Utc::now() + d);
+        record::declined(
+            self.db,
+            self.ev,
+            self.lease.owner(),
+            order_id,
+            message,
+            next_at,
+        )
+        .await
+        .map_err(db_err)?;
+        let what = if next_at.is_some() {
+            "declined"
+        } else {
+            "unpaid"
+        };
+        count(P::LABEL, what);
+        tracing::info!(job_id = %self.ctx.job_id, subscription = %self.ev.sub, key = self.ev.key,
+            reason = message, next_attempt_at = ?next_at, "renewal {what}");
+        Ok(())
+    }
+
+    /// The outcome is not known yet: release the lease and look again later without
+    /// spending an attempt; past the bound, dead-letter `unknown-outcome`.
+    async fn wait(&self, reason: String) -> Result<(), TaskError> {
+        let (db, ev) = (self.db, self.ev);
+        let since = record::since_first_request(db, ev.key)
+            .await
+            .map_err(db_err)?
+            .unwrap_or_default();
+        record::settle(db, ev, self.lease.owner(), Undecided::Unknown, &reason)
+            .await
+            .map_err(db_err)?;
+        let bound = self.h.policy.unknown_outcome_after;
+        if since >= bound {
+            let why = format!(
+                "the outcome of charge {} is still unknown {} after the request: {reason}",
+                ev.key,
+                humantime::format_duration(Duration::from_secs(since.as_secs()))
+            );
+            record::flag(
+                db,
+                ev,
+                "renewal.unknown_outcome",
+                &why,
+                json!({ "unknownChargeKey": ev.key }),
+            )
+            .await
+            .map_err(db_err)?;
+            count(P::LABEL, "unknown_outcome");
+            tracing::error!(job_id = %self.ctx.job_id, subscription = %ev.sub, key = ev.key, %why,
+                "renewal outcome unknown; an operator decides (docs/operations.md)");
+            return Err(TaskError::UnknownOutcome(format!(
+                "{why}; check the charge at the provider, then replay this job once it \
+                 shows the outcome (docs/operations.md)"
+            )));
         }
-        Err(ProviderError::Declined { message }) => {
-            on_declined::<P>(h, db, &ev, ctx, None, &message).await
+        count(P::LABEL, "unknown");
+        let after = (since / 2).clamp(Duration::from_secs(1), MAX_LOOK_AGAIN);
+        tracing::info!(job_id = %self.ctx.job_id, key = ev.key, %reason, ?after,
+            "renewal outcome not known yet; looking again later");
+        Err(TaskError::Snooze {
+            after,
+            reason: format!(
+                "outcome of {} not known yet ({reason}); will look again",
+                ev.key
+            ),
+        })
+    }
+
+    /// The lease ran out before a request could be recorded: nothing was sent.
+    async fn lost_lease(&self) -> Result<(), TaskError> {
+        Err(TaskError::Snooze {
+            after: Duration::from_secs(1),
+            reason: format!(
+                "lost the lease of {} before sending (nothing sent); another attempt holds it",
+                self.ev.key
+            ),
+        })
+    }
+
+    /// A request that decided nothing (refused, or an order that could not be opened).
+    async fn failed(&self, e: ProviderError) -> Result<(), TaskError> {
+        let (db, ev, owner) = (self.db, self.ev, self.lease.owner());
+        match e {
+            ProviderError::Unknown { message } => self.wait(message).await,
+            ProviderError::Declined { message } => self.declined(None, &message).await,
+            ProviderError::Permanent { .. } => {
+                let message = e.to_string();
+                record::settle(db, ev, owner, Undecided::Rejected, &message)
+                    .await
+                    .map_err(db_err)?;
+                count(P::LABEL, "rejected");
+                Err(TaskError::Permanent(message))
+            }
+            ProviderError::Retryable { .. } => {
+                let message = e.to_string();
+                let last = self.ctx.attempt >= self.ctx.max_attempts;
+                record::settle(db, ev, owner, Undecided::Retry { last }, &message)
+                    .await
+                    .map_err(db_err)?;
+                count(P::LABEL, "retry");
+                Err(TaskError::Retryable(message))
+            }
         }
-        Ok(Charge::Pending { order_id }) => {
-            unknown::<P>(db, &ev, format!("order {order_id} is still pending")).await
-        }
-        Err(e) => provider_failed::<P>(db, &ev, ctx, e).await,
     }
 }
 
-/// Declined: the job succeeds; the subscription waits for its next dunning attempt.
-async fn on_declined<P: Provider>(
-    h: &Renewal<P>,
-    db: &PgPool,
-    ev: &Event<'_>,
-    ctx: &JobContext,
-    order_id: Option<&str>,
-    message: &str,
-) -> Result<(), TaskError> {
-    let next_at = h
-        .dunning
-        .after_decline(ev.attempt)
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| Utc::now() + d);
-    declined(db, ev, order_id, message, next_at)
-        .await
-        .map_err(db_err)?;
-    let what = if next_at.is_some() {
-        "declined"
-    } else {
-        "unpaid"
-    };
-    count(P::LABEL, what);
-    tracing::info!(job_id = %ctx.job_id, subscription = %ev.sub, key = ev.key, reason = message,
-        next_attempt_at = ?next_at, "renewal {what}");
-    Ok(())
+/// Whether a failed charge request certainly charged nothing: a 429 or a connection that
+/// never opened ([`ProviderError::Retryable`]), or a 4xx refusal. A `5xx`, a timeout, a
+/// reset or an answer of the wrong shape may come after a charge.
+fn refused(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::Retryable { .. } => true,
+        ProviderError::Permanent { status, .. } => status.is_some_and(|s| (400..500).contains(&s)),
+        ProviderError::Declined { .. } | ProviderError::Unknown { .. } => false,
+    }
 }
 
-/// Charges; a `429`/`5xx` whose `Retry-After` is short is waited out and tried once more.
-async fn charge_once_more_after_short_wait<P: Provider>(
-    provider: &P,
-    prepared: &P::Prepared,
-    sub: &Subscription,
-    key: &str,
-) -> Result<Charge, ProviderError> {
-    match provider.charge(prepared, sub, key).await {
-        Err(e) if e.retry_after().is_some_and(|d| d <= MAX_INLINE_RETRY_AFTER) => {
-            tokio::time::sleep(e.retry_after().unwrap_or_default()).await;
-            provider.charge(prepared, sub, key).await
-        }
-        other => other,
+/// Of the orders a lookup found: the one this key opened, else the first decided one, else
+/// the first.
+fn pick(found: Vec<Charge>, ours: Option<&str>) -> Option<Charge> {
+    if let Some(c) = ours.and_then(|o| found.iter().find(|c| c.order_id() == o)) {
+        return Some(c.clone());
+    }
+    found
+        .iter()
+        .find(|c| !matches!(c, Charge::Pending { .. }))
+        .cloned()
+        .or_else(|| found.into_iter().next())
+}
+
+fn count(provider: &'static str, outcome: &'static str) {
+    metrics::counter!(names::RENEWALS, "provider" => provider, "outcome" => outcome).increment(1);
+}
+
+/// Step 2 failed: flag the subscription, record the event, dead-letter as permanent.
+async fn precondition_failed<P: Provider>(
+    db: &PgPool,
+    ev: &Event<'_>,
+    reason: String,
+) -> Result<(), TaskError> {
+    record::flag(db, ev, "renewal.precondition_failed", &reason, json!({}))
+        .await
+        .map_err(db_err)?;
+    count(P::LABEL, "precondition_failed");
+    Err(TaskError::Permanent(format!(
+        "subscription {} cannot be renewed: {reason}",
+        ev.sub
+    )))
+}
+
+/// A subscription as the handlers read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Subscription {
+    pub id: Uuid,
+    pub provider: String,
+    pub status: String,
+    pub current_period_end: DateTime<Utc>,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub dunning_attempt: i16,
+    pub metadata: serde_json::Value,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub merchant_id: Option<Uuid>,
+    pub provider_subscription_id: Option<String>,
+    /// `customer_payment_methods.provider_payment_method_id` of the vaulted card, when
+    /// `vault_payment_method_id` points to a card of the subscription's provider.
+    pub vault_card: Option<String>,
+}
+
+impl Subscription {
+    /// A non-empty string in `metadata`.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The vaulted card, else `metadata.<fallback>`.
+    pub fn card(&self, fallback: &str) -> Option<&str> {
+        self.vault_card
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .or_else(|| self.meta_str(fallback))
     }
 }
 
@@ -504,369 +800,6 @@ async fn load(db: &PgPool, id: Uuid) -> Result<Option<Subscription>, sqlx::Error
     .await
 }
 
-/// Who may call the provider for a key now.
-enum Claim {
-    /// The row was created by this attempt: charge.
-    Fresh,
-    /// Another worker holds the key's lease, for `remaining` more.
-    Busy { remaining: Duration },
-    /// Already paid (the finish did not land): finish again.
-    Paid {
-        order_id: Option<String>,
-        charge_id: Option<String>,
-    },
-    /// An earlier try may have reached the provider: reconcile first. `status` is the row's.
-    Undecided { status: String },
-}
-
-/// Step 3: the `pending` row and the key's lease, committed before any provider call.
-async fn claim(
-    db: &PgPool,
-    sub: &Subscription,
-    p: &RenewalPayload,
-    key: &str,
-    lease: Duration,
-) -> Result<Claim, sqlx::Error> {
-    let lease_secs = lease.as_secs_f64();
-    let inserted = sqlx::query(
-        "INSERT INTO payment_transactions
-                (subscription_id, provider, idempotency_key, status, amount_cents, currency,
-                 period_end, attempt, charging_until)
-         VALUES ($1, $2::billing_provider, $3, 'pending', $4, $5, $6, $7,
-                 now() + make_interval(secs => $8))
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(sub.id)
-    .bind(&sub.provider)
-    .bind(key)
-    .bind(sub.amount_cents)
-    .bind(&sub.currency)
-    .bind(p.period_end)
-    .bind(p.attempt as i16)
-    .bind(lease_secs)
-    .execute(db)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Claim::Fresh);
-    }
-    let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-        "UPDATE payment_transactions
-            SET charging_until = now() + make_interval(secs => $2), updated_at = now()
-          WHERE idempotency_key = $1 AND (charging_until IS NULL OR charging_until < now())
-         RETURNING status, provider_order_id, provider_charge_id",
-    )
-    .bind(key)
-    .bind(lease_secs)
-    .fetch_optional(db)
-    .await?;
-    Ok(match row {
-        None => {
-            let secs: Option<f64> = sqlx::query_scalar(
-                "SELECT GREATEST(0, EXTRACT(EPOCH FROM charging_until - now()))::float8
-                   FROM payment_transactions WHERE idempotency_key = $1",
-            )
-            .bind(key)
-            .fetch_optional(db)
-            .await?
-            .flatten();
-            Claim::Busy {
-                remaining: Duration::from_secs_f64(secs.unwrap_or(0.0)),
-            }
-        }
-        Some((status, order_id, charge_id)) if status == "paid" => Claim::Paid {
-            order_id,
-            charge_id,
-        },
-        Some((status, _, _)) => Claim::Undecided { status },
-    })
-}
-
-/// The audit row's identity.
-struct Event<'a> {
-    sub: Uuid,
-    period_end: DateTime<Utc>,
-    attempt: u16,
-    key: &'a str,
-    job_id: &'a str,
-}
-
-const INSERT_EVENT: &str = "INSERT INTO subscription_events
-        (subscription_id, kind, period_end, attempt, idempotency_key, job_id, detail)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)";
-
-async fn event<'e, E: sqlx::PgExecutor<'e>>(
-    db: E,
-    ev: &Event<'_>,
-    kind: &str,
-    detail: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(INSERT_EVENT)
-        .bind(ev.sub)
-        .bind(kind)
-        .bind(ev.period_end)
-        .bind(ev.attempt as i16)
-        .bind(ev.key)
-        .bind(ev.job_id)
-        .bind(detail)
-        .execute(db)
-        .await
-        .map(|_| ())
-}
-
-fn count(provider: &'static str, outcome: &'static str) {
-    metrics::counter!(names::RENEWALS, "provider" => provider, "outcome" => outcome).increment(1);
-}
-
-/// Step 2 failed: flag the subscription, record the event, dead-letter as permanent.
-async fn precondition_failed<P: Provider>(
-    db: &PgPool,
-    ev: &Event<'_>,
-    reason: String,
-) -> Result<(), TaskError> {
-    let mut tx = db.begin().await.map_err(db_err)?;
-    sqlx::query(
-        "UPDATE customer_subscriptions
-            SET metadata = metadata || jsonb_build_object('renewalError', $2::text,
-                                                         'renewalErrorAt', now()),
-                updated_at = now()
-          WHERE id = $1",
-    )
-    .bind(ev.sub)
-    .bind(&reason)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    event(
-        &mut *tx,
-        ev,
-        "renewal.precondition_failed",
-        json!({ "reason": reason }),
-    )
-    .await
-    .map_err(db_err)?;
-    tx.commit().await.map_err(db_err)?;
-    count(P::LABEL, "precondition_failed");
-    Err(TaskError::Permanent(format!(
-        "subscription {} cannot be renewed: {reason}",
-        ev.sub
-    )))
-}
-
-/// Paid: transaction, period and event in one commit. The period moves only if it is
-/// still the one charged, so finishing twice changes nothing.
-async fn paid(
-    db: &PgPool,
-    ev: &Event<'_>,
-    order_id: &str,
-    charge_id: Option<&str>,
-    next_end: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        "UPDATE payment_transactions
-            SET status = 'paid', provider_order_id = $2, provider_charge_id = $3,
-                failure_reason = NULL, charging_until = NULL, updated_at = now()
-          WHERE idempotency_key = $1",
-    )
-    .bind(ev.key)
-    .bind(order_id)
-    .bind(charge_id)
-    .execute(&mut *tx)
-    .await?;
-    let renewed = sqlx::query(
-        "UPDATE customer_subscriptions
-            SET current_period_start = $2, current_period_end = $3, status = 'ACTIVE',
-                dunning_attempt = 0, next_attempt_at = NULL,
-                metadata = metadata - 'renewalError' - 'renewalErrorAt' - 'lastDeclineReason',
-                updated_at = now()
-          WHERE id = $1 AND current_period_end = $2",
-    )
-    .bind(ev.sub)
-    .bind(ev.period_end)
-    .bind(next_end)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if renewed == 1 {
-        event(
-            &mut *tx,
-            ev,
-            "renewal.paid",
-            json!({ "order_id": order_id, "charge_id": charge_id, "next_period_end": next_end }),
-        )
-        .await?;
-    }
-    tx.commit().await
-}
-
-/// Declined: transaction `failed`; the subscription `PAST_DUE` until `next_at`, or `UNPAID`.
-async fn declined(
-    db: &PgPool,
-    ev: &Event<'_>,
-    order_id: Option<&str>,
-    message: &str,
-    next_at: Option<DateTime<Utc>>,
-) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        "UPDATE payment_transactions
-            SET status = 'failed', provider_order_id = COALESCE($2, provider_order_id),
-                failure_reason = $3, charging_until = NULL, updated_at = now()
-          WHERE idempotency_key = $1",
-    )
-    .bind(ev.key)
-    .bind(order_id)
-    .bind(message)
-    .execute(&mut *tx)
-    .await?;
-    let moved = sqlx::query(
-        "UPDATE customer_subscriptions
-            SET status = CASE WHEN $4::timestamptz IS NULL THEN 'UNPAID'
-                              ELSE 'PAST_DUE' END::\"SubscriptionStatus\",
-                dunning_attempt = $3, next_attempt_at = $4,
-                metadata = metadata || jsonb_build_object('lastDeclineReason', $5::text),
-                updated_at = now()
-          WHERE id = $1 AND current_period_end = $2 AND dunning_attempt = $3 - 1",
-    )
-    .bind(ev.sub)
-    .bind(ev.period_end)
-    .bind(ev.attempt as i16)
-    .bind(next_at)
-    .bind(message)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 1 {
-        let kind = if next_at.is_some() {
-            "renewal.declined"
-        } else {
-            "renewal.unpaid"
-        };
-        event(
-            &mut *tx,
-            ev,
-            kind,
-            json!({ "order_id": order_id, "reason": message, "next_attempt_at": next_at }),
-        )
-        .await?;
-    }
-    tx.commit().await
-}
-
-async fn mark_unknown(db: &PgPool, key: &str, message: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE payment_transactions SET status = 'unknown', failure_reason = $2, updated_at = now()
-          WHERE idempotency_key = $1 AND status <> 'paid'",
-    )
-    .bind(key)
-    .bind(message)
-    .execute(db)
-    .await
-    .map(|_| ())
-}
-
-/// How an attempt that decided nothing leaves its transaction row.
-#[derive(Clone, Copy)]
-enum Undecided {
-    /// The charge may exist: reconcile before charging again.
-    Unknown,
-    /// The provider refused the request (4xx): nothing was charged.
-    Rejected,
-    /// Nothing was charged and a retry follows; on the job's last attempt a `pending` row
-    /// becomes `failed` so it says why it stopped (a replay reconciles first anyway).
-    Retry { last: bool },
-}
-
-impl Undecided {
-    /// The new `status`, as SQL over the old one.
-    fn status_sql(self) -> &'static str {
-        match self {
-            Self::Unknown => "'unknown'",
-            Self::Rejected => "'rejected'",
-            Self::Retry { last: true } => {
-                "CASE WHEN status = 'pending' THEN 'failed' ELSE status END"
-            }
-            Self::Retry { last: false } => "status",
-        }
-    }
-
-    fn event(self) -> &'static str {
-        match self {
-            Self::Unknown => "renewal.unknown",
-            Self::Rejected => "renewal.rejected",
-            Self::Retry { .. } => "renewal.retry",
-        }
-    }
-}
-
-/// Ends an undecided attempt in one transaction: the row's status and reason (a `paid` row
-/// keeps its own), the key's lease released, and the event.
-async fn settle(
-    db: &PgPool,
-    ev: &Event<'_>,
-    how: Undecided,
-    message: &str,
-) -> Result<(), TaskError> {
-    let mut tx = db.begin().await.map_err(db_err)?;
-    sqlx::query(&format!(
-        "UPDATE payment_transactions
-            SET status = CASE WHEN status = 'paid' THEN status ELSE {} END,
-                failure_reason = CASE WHEN status = 'paid' THEN failure_reason ELSE $2 END,
-                charging_until = NULL, updated_at = now()
-          WHERE idempotency_key = $1",
-        how.status_sql()
-    ))
-    .bind(ev.key)
-    .bind(message)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    event(&mut *tx, ev, how.event(), json!({ "reason": message }))
-        .await
-        .map_err(db_err)?;
-    tx.commit().await.map_err(db_err)
-}
-
-/// The outcome is not known yet: release the lease and retry (the retry reconciles first).
-async fn unknown<P: Provider>(
-    db: &PgPool,
-    ev: &Event<'_>,
-    message: String,
-) -> Result<(), TaskError> {
-    settle(db, ev, Undecided::Unknown, &message).await?;
-    count(P::LABEL, "unknown");
-    Err(TaskError::Retryable(format!(
-        "outcome of {} unknown ({message}); will reconcile before charging again",
-        ev.key
-    )))
-}
-
-/// A provider error that decided nothing.
-async fn provider_failed<P: Provider>(
-    db: &PgPool,
-    ev: &Event<'_>,
-    ctx: &JobContext,
-    e: ProviderError,
-) -> Result<(), TaskError> {
-    match e {
-        ProviderError::Unknown { message } => unknown::<P>(db, ev, message).await,
-        ProviderError::Permanent { .. } => {
-            let message = e.to_string();
-            settle(db, ev, Undecided::Rejected, &message).await?;
-            count(P::LABEL, "rejected");
-            Err(TaskError::Permanent(message))
-        }
-        e => {
-            let message = e.to_string();
-            let last = ctx.attempt >= ctx.max_attempts;
-            settle(db, ev, Undecided::Retry { last }, &message).await?;
-            count(P::LABEL, "retry");
-            Err(TaskError::Retryable(message))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,30 +827,6 @@ mod tests {
             period_end: end.parse().unwrap(),
             attempt,
         }
-    }
-
-    #[tokio::test]
-    async fn api_calls_wait_for_the_rate_limit() {
-        // 5/s allows a burst of 5, then one call per 200 ms: 10 calls take at least 1 s.
-        let api = Api::new("test", Some(5));
-        let started = Instant::now();
-        for _ in 0..10 {
-            api.charge(async {
-                Ok(Charge::Pending {
-                    order_id: "o".into(),
-                })
-            })
-            .await
-            .unwrap();
-        }
-        assert!(
-            started.elapsed() >= Duration::from_millis(950),
-            "{:?}",
-            started.elapsed()
-        );
-        // 0 means unlimited.
-        let unlimited = Api::new("test", Some(0));
-        assert!(unlimited.limiter.is_none());
     }
 
     #[test]

@@ -3,23 +3,27 @@
 //! Preconditions: a card (the vaulted `customer_payment_methods` row, or
 //! `metadata.pagarmeCardId`), `metadata.pagarmeCustomerId`, and the interval
 //! (`metadata.intervalUnit`, `metadata.intervalCount`). The renewal key is the order `code`
-//! and the `Idempotency-Key`; reconciliation looks the order up by code.
+//! and the `Idempotency-Key`; reconciliation looks the orders up by code. Inside Pagar.me's
+//! idempotency window a repeated request answers the first order, so it may be repeated.
 
-use super::{Api, Provider, Subscription};
+use super::{Provider, Subscription};
 use crate::providers::{Charge, PagarmeClient, ProviderError, RenewalCharge};
 use sqlx::PgPool;
+use std::time::Duration;
 
 /// The Pagar.me side of [`super::Renewal`].
 pub struct Pagarme {
     client: PagarmeClient,
-    api: Api,
+    idempotency_window: Duration,
 }
 
 impl Pagarme {
-    pub fn new(client: PagarmeClient, rate_limit: Option<u32>) -> Self {
+    /// `idempotency_window`: how long Pagar.me answers a repeated `Idempotency-Key` with the
+    /// first order (24 h).
+    pub fn new(client: PagarmeClient, idempotency_window: Duration) -> Self {
         Self {
             client,
-            api: Api::new(<Self as Provider>::LABEL, rate_limit),
+            idempotency_window,
         }
     }
 }
@@ -34,6 +38,7 @@ impl Provider for Pagarme {
     const LABEL: &'static str = "pagarme";
     const DB: &'static str = "PAGARME";
     const INTERVAL_REQUIRED: bool = true;
+    const OPENS_ORDER: bool = false;
     type Prepared = Card;
 
     async fn prepare(
@@ -57,11 +62,16 @@ impl Provider for Pagarme {
         }))
     }
 
+    fn idempotency_window(&self) -> Option<Duration> {
+        Some(self.idempotency_window)
+    }
+
     async fn charge(
         &self,
         card: &Card,
         sub: &Subscription,
         key: &str,
+        _order: Option<&str>,
     ) -> Result<Charge, ProviderError> {
         let req = RenewalCharge {
             key: key.to_owned(),
@@ -70,10 +80,10 @@ impl Provider for Pagarme {
             amount_cents: sub.amount_cents,
             description: format!("Renewal of subscription {}", sub.id),
         };
-        self.api.charge(self.client.create_order(&req)).await
+        self.client.create_order(&req).await
     }
 
-    async fn lookup(&self, _: &Card, key: &str) -> Result<Option<Charge>, ProviderError> {
-        self.api.lookup(self.client.find_order_by_code(key)).await
+    async fn lookup(&self, _: &Card, key: &str) -> Result<Vec<Charge>, ProviderError> {
+        self.client.find_orders_by_code(key).await
     }
 }
