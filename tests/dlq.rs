@@ -324,17 +324,25 @@ const RENEWAL_CONFIG: &str = r#"
 tiers = ["200ms", "500ms", "1s"]
 "#;
 
-/// Acceptance: a renewal dead-lettered by a provider outage is replayed and charged once;
+/// Acceptance: a renewal dead-lettered by a provider outage (unreachable: nothing sent) is
+/// replayed and charged once;
 /// copies of that dead letter replayed after the charge (the same job id, and another job
 /// id for the same period) charge nothing: the ledger and the handler's idempotency key
 /// stop them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewal_replayed_after_it_was_charged_is_not_charged_twice() {
     let env = TestEnv::new(RENEWAL_CONFIG).await;
-    let (sub, end) = pagarme_subscription(&env, "card_r_500once").await;
+    let (sub, end) = due_subscription(&env, "PAGARME", "card_r_ok").await;
     let sim = simulator(&env, 0).await;
-    let _worker = renewal_worker_with(&env, &sim, "32", &[("WARREN_PROVIDER_TIMEOUT", "2s")]);
-    // One attempt only: the scripted 500 dead-letters it as `exhausted`.
+    // The provider is down: nothing listens where the worker looks for it, so every charge
+    // request is refused before it is sent.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let outage = [
+        ("WARREN_PROVIDER_TIMEOUT", "2s"),
+        ("WARREN_PAGARME_BASE_URL", down.as_str()),
+    ];
+    let worker = renewal_worker_with(&env, &sim, "32", &outage);
+    // One attempt only: the refused request dead-letters it as `exhausted`.
     let payload = json!({ "subscription_id": sub, "period_end": end.to_rfc3339() });
     let props = BasicProperties::default()
         .with_message_id("renewal-job-1".into())
@@ -388,6 +396,8 @@ async fn a_renewal_replayed_after_it_was_charged_is_not_charged_twice() {
     assert!(sim.charges().await.is_empty(), "{:?}", sim.charges().await);
 
     // The provider is back: the replay charges once.
+    drop(worker);
+    let _worker = renewal_worker_with(&env, &sim, "32", &[("WARREN_PROVIDER_TIMEOUT", "2s")]);
     let out = ok(&env, &["dlq", "replay", "--queue", "renewals.pagarme"]);
     assert!(
         out.contains("1 dead letter(s) (1 message(s)) replayed"),

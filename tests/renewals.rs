@@ -73,7 +73,10 @@ async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
             &["operation=\"lookup\"", "outcome=\"paid\""],
         );
     }
-    assert!(unknown >= timeouts as f64, "charges that timed out: {unknown}");
+    assert!(
+        unknown >= timeouts as f64,
+        "charges that timed out: {unknown}"
+    );
     assert!(
         found_paid >= timeouts as f64,
         "reconciled lookups: {found_paid}"
@@ -88,7 +91,10 @@ async fn five_hundred_renewals_end_in_the_state_their_card_implies() {
             Some("unknown-outcome")
         );
         let why = header(&d, "x-error").unwrap();
-        assert!(why.contains("still unknown") && why.contains("500"), "{why}");
+        assert!(
+            why.contains("still unknown") && why.contains("500"),
+            "{why}"
+        );
     }
     env.cleanup().await;
 }

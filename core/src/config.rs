@@ -116,6 +116,9 @@ pub struct BillingConfig {
     /// How long Pagar.me answers a repeated `Idempotency-Key` with the first order. Past it a
     /// repeat could charge again, so Warren only looks the order up. Default "24h".
     pub pagarme_idempotency_window: Option<String>,
+    /// How long a key's lease lasts unless renewed: a worker that dies mid-charge blocks
+    /// that key this long. A live attempt renews it every third of it. Default "15s".
+    pub lease: Option<String>,
 }
 
 /// [`BillingConfig`], parsed.
@@ -124,6 +127,7 @@ pub struct BillingPolicy {
     pub unknown_outcome_after: Duration,
     pub resend_after: Duration,
     pub pagarme_idempotency_window: Duration,
+    pub lease: Duration,
 }
 
 impl Default for BillingPolicy {
@@ -132,6 +136,7 @@ impl Default for BillingPolicy {
             unknown_outcome_after: Duration::from_secs(24 * 3600),
             resend_after: Duration::from_secs(60),
             pagarme_idempotency_window: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -265,6 +270,7 @@ impl FileConfig {
                 &b.pagarme_idempotency_window,
                 d.pagarme_idempotency_window,
             )?,
+            lease: one("lease", &b.lease, d.lease)?.max(Duration::from_millis(300)),
         })
     }
 

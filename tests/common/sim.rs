@@ -187,12 +187,30 @@ pub fn pagarme_meta() -> Value {
     json!({ "intervalUnit": "MONTH", "intervalCount": 1, "pagarmeCustomerId": "cus_1" })
 }
 
-/// A due Pagar.me subscription with `card`; returns its id and current period end.
-pub async fn pagarme_subscription(
+/// A due subscription of `provider` (`PAGARME` or `APPMAX`) with `card` and everything its
+/// renewal needs (Pagar.me: the metadata; Appmax: a merchant integration and a provider
+/// subscription id); returns its id and current period end.
+pub async fn due_subscription(
     env: &TestEnv,
+    provider: &str,
     card: &str,
 ) -> (Uuid, chrono::DateTime<chrono::Utc>) {
-    let sub = subscription(env, "PAGARME", Some(card), pagarme_meta(), None, None).await;
+    let sub = match provider {
+        "PAGARME" => subscription(env, provider, Some(card), pagarme_meta(), None, None).await,
+        "APPMAX" => {
+            let m = merchant(env, json!({ "access_token": "tok_merchant" })).await;
+            subscription(
+                env,
+                provider,
+                Some(card),
+                json!({}),
+                Some(m),
+                Some("sub_appmax"),
+            )
+            .await
+        }
+        other => panic!("unknown provider {other}"),
+    };
     let end =
         sqlx::query_scalar("SELECT current_period_end FROM customer_subscriptions WHERE id = $1")
             .bind(sub)
@@ -200,6 +218,29 @@ pub async fn pagarme_subscription(
             .await
             .unwrap();
     (sub, end)
+}
+
+/// The task that renews `provider`'s subscriptions.
+pub fn renewal_task(provider: &str) -> &'static str {
+    match provider {
+        "PAGARME" => "renewal.pagarme",
+        "APPMAX" => "renewal.appmax",
+        other => panic!("unknown provider {other}"),
+    }
+}
+
+/// Publishes the first renewal attempt of `sub`'s period ending `end` as job `id`; returns
+/// the charge's idempotency key.
+pub async fn publish_renewal(
+    env: &TestEnv,
+    provider: &str,
+    sub: Uuid,
+    end: chrono::DateTime<chrono::Utc>,
+    id: &str,
+) -> String {
+    let payload = json!({ "subscription_id": sub, "period_end": end.to_rfc3339() });
+    env.publish_json(renewal_task(provider), payload, id).await;
+    warren_core::billing::renewal_key(sub, end, 1)
 }
 
 /// One row per subscription: its card suffix and where it ended up.
@@ -253,12 +294,13 @@ pub async fn cards(env: &TestEnv, suffix: &str) -> i64 {
 }
 
 /// The `[billing]` settings renewal tests run with: an unknown outcome is given up on after
-/// 3 s (dead-lettered `unknown-outcome`), and Pagar.me repeats a request its lookups do not
-/// show after 1 s.
+/// 3 s (dead-lettered `unknown-outcome`), Pagar.me repeats a request its lookups do not
+/// show after 1 s, and a dead worker's lease runs out after 3 s.
 pub const BILLING: &str = r#"
 [billing]
 unknown_outcome_after = "3s"
 resend_after = "1s"
+lease = "3s"
 "#;
 
 /// Whether a subscription with this provider and card suffix ends with its charge's outcome

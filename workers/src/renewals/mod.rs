@@ -61,10 +61,6 @@ use warren_core::telemetry::names;
 /// to the runtime's delay tiers.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// How long a key's lease lasts without renewal: a worker that dies (`kill -9`) blocks its
-/// keys this long. A live attempt renews it every third of that.
-const LEASE: Duration = Duration::from_secs(15);
-
 /// The longest a reconciling job snoozes between two lookups.
 const MAX_LOOK_AGAIN: Duration = Duration::from_secs(3600);
 
@@ -164,7 +160,10 @@ impl<P: Provider> Renewal<P> {
     /// An attempt may wait out a dead worker's lease, then make up to five requests (a
     /// lookup, the order, the charge, a charge after a short `Retry-After`, a lookup).
     fn attempt_timeout(&self) -> Duration {
-        LEASE + MAX_INLINE_RETRY_AFTER + self.request_timeout * 5 + Duration::from_secs(10)
+        self.policy.lease
+            + MAX_INLINE_RETRY_AFTER
+            + self.request_timeout * 5
+            + Duration::from_secs(10)
     }
 }
 
@@ -284,7 +283,8 @@ async fn renew<P: Provider>(
         *INSTANCE,
         &Uuid::new_v4().simple().to_string()[..8]
     );
-    let lease = Lease::new(db.clone(), &key, owner, LEASE);
+    let lease_length = h.policy.lease;
+    let lease = Lease::new(db.clone(), &key, owner, lease_length);
     let new = NewRow {
         sub: sub.id,
         provider: &sub.provider,
@@ -297,7 +297,7 @@ async fn renew<P: Provider>(
     if let Claim::Busy { remaining } = claimed {
         // Another attempt holds the key: it is charging, or it died (kill -9) and its
         // lease runs out. Wait that out once rather than snooze at once.
-        if remaining <= LEASE {
+        if remaining <= lease_length {
             tokio::time::sleep(remaining + Duration::from_millis(100)).await;
             claimed = lease.claim(&new).await.map_err(db_err)?;
         }

@@ -10,7 +10,7 @@
 //!
 //! It never charges: it only asks.
 
-use super::{db_err, interval, load, record, Appmax, Attempt, Pagarme, Provider, Renewal, LEASE};
+use super::{db_err, interval, load, record, Appmax, Attempt, Pagarme, Provider, Renewal};
 use crate::maintenance::age;
 use crate::providers::Charge;
 use crate::{JobContext, ResultExt, Task, TaskError};
@@ -162,7 +162,7 @@ async fn reconcile<P: Provider>(
         job_id: &ctx.job_id,
     };
     let owner = format!("{}@{}#stale", ctx.job_id, *super::INSTANCE);
-    let lease = record::Lease::new(db.clone(), key, owner, LEASE);
+    let lease = record::Lease::new(db.clone(), key, owner, h.policy.lease);
     if !lease.take().await.map_err(db_err)? {
         return Ok(Reconciled::Left);
     }
