@@ -17,9 +17,11 @@ mod appmax;
 mod error;
 mod outcome;
 mod pagarme;
+mod script;
 mod state;
 
 pub use outcome::{Outcome, KNOWN_SUFFIXES};
+pub use script::{Script, Then, MODIFIERS};
 pub use state::{Charge, ChargeStatus, Provider};
 
 use axum::{
