@@ -2,20 +2,28 @@
 //! `GET /api/v3/order?reference=`.
 //!
 //! Every route needs an `access-token` header (any non-empty value). Appmax has no
-//! idempotency header: an order is unique by `reference`, and charging an order that already
-//! has a decision answers that decision without charging again.
+//! idempotency header: an order is unique by `reference` (unless a card charged for that
+//! reference said `duporder`), and charging an order that already has a charge answers it
+//! without charging again.
 
-use crate::error::{decided, outcome_for, ApiError};
-use crate::state::{decision_message, AppmaxOrder, AppmaxStatus, ChargeStatus, Provider};
+use crate::error::{decided, script_for, ApiError};
+use crate::reply::Reply;
+use crate::script::Script;
+use crate::state::{
+    after, decision_message, AppmaxCharge, AppmaxOrder, AppmaxStatus, Decision, Provider, Request,
+    Sim,
+};
 use crate::AppState;
 use axum::{
     body::Bytes,
     extract::{Query, State},
     http::{HeaderMap, StatusCode},
+    response::Response,
     Json,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Deserialize)]
 struct CreateOrder {
@@ -56,11 +64,19 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
 }
 
-fn order_json(o: &AppmaxOrder) -> Value {
-    json!({ "id": o.id, "reference": o.reference, "status": o.status, "message": o.message })
+/// The order as Appmax answers it at `now`; `lookup` applies the charge's `lag<N>`.
+fn order_json(o: &AppmaxOrder, now: Instant, lookup: bool) -> Value {
+    let status = o.status(now, lookup);
+    json!({
+        "id": o.id,
+        "reference": o.reference,
+        "status": AppmaxStatus::from(status),
+        "message": decision_message(status),
+    })
 }
 
-/// `POST /api/v3/order`: creates the order, or answers the existing one for that reference.
+/// `POST /api/v3/order`: creates the order, or answers the existing one for that reference
+/// (a new one every time once the reference is `duporder`).
 pub(crate) async fn create_order(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -75,22 +91,31 @@ pub(crate) async fn create_order(
         ));
     }
     let mut sim = app.lock();
-    if let Some(&i) = sim.appmax_by_reference.get(&req.reference) {
-        return Ok(Json(order_json(&sim.appmax_orders[i])));
+    let now = Instant::now();
+    let existing = sim
+        .appmax_by_reference
+        .get(&req.reference)
+        .and_then(|orders| orders.first().copied());
+    if let Some(i) = existing {
+        if !sim.dup_order(&req.reference) {
+            return Ok(Json(order_json(&sim.appmax_orders[i], now, false)));
+        }
     }
     let id = sim.next_id();
     let order = AppmaxOrder {
         id,
         reference: req.reference.clone(),
         amount_cents: req.amount_cents,
-        status: AppmaxStatus::Pending,
-        message: String::new(),
+        charge: None,
     };
     let i = sim.appmax_orders.len();
     sim.appmax_orders.push(order);
-    sim.appmax_by_reference.insert(req.reference, i);
+    sim.appmax_by_reference
+        .entry(req.reference)
+        .or_default()
+        .push(i);
     sim.appmax_by_id.insert(id, i);
-    Ok(Json(order_json(&sim.appmax_orders[i])))
+    Ok(Json(order_json(&sim.appmax_orders[i], now, false)))
 }
 
 /// `POST /api/v3/payment/credit-card`: charges an order with a card token.
@@ -98,11 +123,12 @@ pub(crate) async fn charge(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     check_auth(&headers)?;
     let req: ChargeCard = parse(&body)?;
-    let (answer, wait) = {
+    let reply = {
         let mut sim = app.lock();
+        let now = Instant::now();
         let Some(&i) = sim.appmax_by_id.get(&req.order_id) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -110,42 +136,82 @@ pub(crate) async fn charge(
             ));
         };
         let order = &sim.appmax_orders[i];
-        if order.status != AppmaxStatus::Pending {
-            // Already decided: a reference is charged at most once.
-            tracing::debug!(reference = order.reference, "appmax replay");
-            return Ok(Json(charge_json(order)));
-        }
-        let reference = order.reference.clone();
-        let amount_cents = order.amount_cents;
-        let outcome = outcome_for("token", &req.token)?;
-        let (status, wait) = decided(sim.charge(
-            Provider::Appmax,
-            &reference,
-            &req.token,
+        let (reference, amount_cents) = (order.reference.clone(), order.amount_cents);
+        let script = Script::from_card(&req.token);
+        let call = sim.begin(Provider::Appmax, &reference, script.as_ref(), now);
+        let request = Request {
+            provider: Provider::Appmax,
+            key: reference,
+            card: req.token.clone(),
             amount_cents,
-            outcome,
-            app.cfg.timeout_hang,
-        ))?;
-        let order = &mut sim.appmax_orders[i];
-        order.status = match status {
-            ChargeStatus::Paid => AppmaxStatus::Approved,
-            ChargeStatus::Failed => AppmaxStatus::Declined,
+            call,
         };
-        order.message = decision_message(status).to_owned();
-        tracing::info!(reference, ?status, %outcome, "appmax charge");
-        (charge_json(order), wait)
+        let result = charge_order(&mut sim, &request, i, now, app.cfg.timeout_hang);
+        if let Err(e) = &result {
+            sim.record(&request, None, e.answer(), Some(req.order_id.to_string()));
+        }
+        result?
     };
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
+    Ok(reply.send().await)
+}
+
+/// Replays or charges order `i`, under the lock. Records the row of a replay or a charge;
+/// an `Err` is recorded by the caller.
+fn charge_order(
+    sim: &mut Sim,
+    request: &Request,
+    i: usize,
+    now: Instant,
+    timeout_hang: Duration,
+) -> Result<Reply, ApiError> {
+    let order = &sim.appmax_orders[i];
+    let id = order.id;
+    if order.charge.is_some() {
+        // Already charged: an order is charged at most once.
+        tracing::debug!(reference = order.reference, "appmax replay");
+        let body = charge_json(order, now);
+        sim.record(request, None, "200", Some(id.to_string()));
+        return Ok(Reply::ok(body));
     }
-    Ok(Json(answer))
+    let script = script_for("token", &request.card)?;
+    let (status, wait) =
+        decided(sim.step(Provider::Appmax, &request.key, script.outcome, timeout_hang))?;
+    let decision = Decision {
+        status,
+        settles_at: script.pending.map(|d| after(now, d)),
+    };
+    let order = &mut sim.appmax_orders[i];
+    order.charge = Some(AppmaxCharge {
+        decision,
+        visible_at: after(now, script.lag.unwrap_or_default()),
+    });
+    let body = charge_json(order, now);
+    sim.record(
+        request,
+        Some(decision),
+        Reply::answer(script.then),
+        Some(id.to_string()),
+    );
+    tracing::info!(reference = request.key, ?status, %script, "appmax charge");
+    Ok(Reply {
+        body,
+        wait,
+        then: script.then,
+    })
 }
 
-fn charge_json(o: &AppmaxOrder) -> Value {
-    json!({ "order_id": o.id, "status": o.status, "message": o.message })
+fn charge_json(o: &AppmaxOrder, now: Instant) -> Value {
+    let status = o.status(now, false);
+    json!({
+        "order_id": o.id,
+        "status": AppmaxStatus::from(status),
+        "message": decision_message(status),
+    })
 }
 
-/// `GET /api/v3/order?reference=`: `{ "data": [ <order> ] }`, empty when none.
+/// `GET /api/v3/order?reference=`: `{ "data": [ <order>, … ] }`, newest first, empty when
+/// none; a 500 while the reference's `lookuperr<N>` lasts. A charged order shows `pending`
+/// until its `lag<N>` has passed.
 pub(crate) async fn find_orders(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -153,14 +219,25 @@ pub(crate) async fn find_orders(
 ) -> Result<Json<Value>, ApiError> {
     check_auth(&headers)?;
     let sim = app.lock();
+    let now = Instant::now();
     let data: Vec<Value> = match q.reference.as_deref() {
-        Some(reference) => sim
-            .appmax_by_reference
-            .get(reference)
-            .map(|&i| order_json(&sim.appmax_orders[i]))
-            .into_iter()
+        Some(reference) => {
+            if sim.lookup_failing(Provider::Appmax, reference, now) {
+                return Err(ApiError::lookup_failed());
+            }
+            sim.appmax_by_reference
+                .get(reference)
+                .into_iter()
+                .flatten()
+                .rev()
+                .map(|&i| order_json(&sim.appmax_orders[i], now, true))
+                .collect()
+        }
+        None => sim
+            .appmax_orders
+            .iter()
+            .map(|o| order_json(o, now, true))
             .collect(),
-        None => sim.appmax_orders.iter().map(order_json).collect(),
     };
     Ok(Json(json!({ "data": data })))
 }

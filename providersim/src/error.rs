@@ -8,7 +8,8 @@ use axum::{
 use serde_json::json;
 use std::time::Duration;
 
-use crate::outcome::{unknown_suffix_message, Outcome};
+use crate::outcome::unknown_suffix_message;
+use crate::script::Script;
 use crate::state::{ChargeStatus, Step};
 
 /// An error answer.
@@ -48,6 +49,31 @@ impl ApiError {
         )
     }
 
+    /// The scripted `then<NNN>` answer: the charge was made, the client is told `status`.
+    pub(crate) fn after_charge(status: u16) -> Self {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        Self::new(
+            status,
+            format!(
+                "provider simulator: scripted {} after the charge was made",
+                status.as_u16()
+            ),
+        )
+    }
+
+    /// The scripted `lookuperr<N>` answer.
+    pub(crate) fn lookup_failed() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "provider simulator: scripted lookup error",
+        )
+    }
+
+    /// The HTTP status, as the ledger's `answer` says it.
+    pub(crate) fn answer(&self) -> String {
+        self.status.as_u16().to_string()
+    }
+
     /// The scripted `_429` answer, `Retry-After: 1`.
     pub(crate) fn too_many_requests() -> Self {
         let mut e = Self::new(
@@ -75,9 +101,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The outcome a card id or token asks for, or a 400 naming the known suffixes.
-pub(crate) fn outcome_for(field: &str, card: &str) -> Result<Outcome, ApiError> {
-    Outcome::from_card(card)
+/// The script a card id or token asks for, or a 400 naming the known suffixes.
+pub(crate) fn script_for(field: &str, card: &str) -> Result<Script, ApiError> {
+    Script::from_card(card)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, unknown_suffix_message(field, card)))
 }
 

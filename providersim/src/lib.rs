@@ -3,27 +3,36 @@
 //! Implements exactly the subset of `docs/providers.md` that Warren's provider clients speak,
 //! so workers, chaos tests and local `warren dev` runs can charge "cards" without a sandbox
 //! account. The outcome of a charge is chosen by the suffix of the Pagar.me `card_id` or the
-//! Appmax card `token` (see [`Outcome`]). Both APIs are idempotent the way the real ones are:
+//! Appmax card `token` (see [`Outcome`]), and the tokens before it can make the simulator
+//! misbehave the way real gateways do: answer an error after charging, break the connection,
+//! leave the charge pending, hide it from lookups, fail lookups, forget idempotency keys or
+//! duplicate orders (see [`Script`]). Both APIs are idempotent the way the real ones are:
 //! Pagar.me by `Idempotency-Key` and order `code`, Appmax by order `reference`; a key is
-//! charged at most once. Every charge that reached a decision is kept in a ledger served at
-//! `GET /__sim/charges` (see [`Charge`]) and reset by `DELETE /__sim/charges`.
+//! charged at most once unless a modifier says otherwise. Every charge request is a row of
+//! the ledger served at `GET /__sim/charges` (see [`Charge`]; `?key=` filters), reset by
+//! `DELETE /__sim/charges`.
 //!
 //! State lives in one `Arc<Mutex<…>>` (a std mutex, never held across an `.await`); the
 //! artificial waits (`_slow`, `_timeout`, [`SimConfig::latency`]) happen after the lock is
 //! released, and a `_timeout` charge is recorded *before* the wait, so a client that gives up
-//! can reconcile by code or reference and find it paid.
+//! can reconcile by code or reference and find it paid. Time-based modifiers (`pending<N>`,
+//! `lag<N>`, `lookuperr<N>`) compare against the [`Instant`](std::time::Instant) the charge
+//! was made: nothing runs in the background, state is settled when read.
 
 mod appmax;
 mod error;
 mod outcome;
 mod pagarme;
+mod reply;
+mod script;
 mod state;
 
 pub use outcome::{Outcome, KNOWN_SUFFIXES};
+pub use script::{Script, Then, MODIFIERS};
 pub use state::{Charge, ChargeStatus, Provider};
 
 use axum::{
-    extract::{Request, State},
+    extract::{Query, Request, State},
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -126,12 +135,30 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-/// `GET /__sim/charges`: the ledger, oldest first.
-async fn list_charges(State(app): State<AppState>) -> Json<Vec<Charge>> {
-    Json(app.lock().ledger.clone())
+/// `GET /__sim/charges` query: `?key=` keeps only that key's rows.
+#[derive(Debug, serde::Deserialize)]
+struct LedgerQuery {
+    #[serde(default)]
+    key: Option<String>,
 }
 
-/// `DELETE /__sim/charges`: forget every charge, order and per-key attempt count.
+/// `GET /__sim/charges[?key=]`: the ledger, one row per charge request, oldest first.
+async fn list_charges(
+    State(app): State<AppState>,
+    Query(q): Query<LedgerQuery>,
+) -> Json<Vec<Charge>> {
+    let sim = app.lock();
+    let now = std::time::Instant::now();
+    Json(
+        sim.ledger
+            .iter()
+            .filter(|r| q.key.as_deref().is_none_or(|k| r.key == k))
+            .map(|r| r.view(now))
+            .collect(),
+    )
+}
+
+/// `DELETE /__sim/charges`: forget every charge request, order and per-key state.
 async fn reset(State(app): State<AppState>) -> Response {
     app.lock().reset();
     tracing::info!("provider simulator state reset");

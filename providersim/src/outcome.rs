@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// What the simulator does with a charge, by card suffix (the table in `docs/providers.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
     /// `_ok`: paid / approved.
     Ok,
@@ -34,14 +34,11 @@ pub const KNOWN_SUFFIXES: [(&str, Outcome); 7] = [
 ];
 
 impl Outcome {
-    /// The outcome for a card id or token, by its suffix; `None` for an unknown suffix.
+    /// The outcome for a card id or token, by its last `_`-token; `None` for an unknown suffix
+    /// (the modifiers before it are [`Script::from_card`](crate::Script::from_card)'s).
     /// (`card_500once` is [`Outcome::Error500Once`], not `_500`: suffixes are matched whole.)
     pub fn from_card(card: &str) -> Option<Self> {
-        KNOWN_SUFFIXES
-            .iter()
-            .filter(|(suffix, _)| card.ends_with(suffix))
-            .max_by_key(|(suffix, _)| suffix.len())
-            .map(|&(_, outcome)| outcome)
+        crate::Script::from_card(card).map(|s| s.outcome)
     }
 
     /// The suffix that selects this outcome.
@@ -64,8 +61,11 @@ impl fmt::Display for Outcome {
 pub(crate) fn unknown_suffix_message(field: &str, card: &str) -> String {
     let known: Vec<&str> = KNOWN_SUFFIXES.iter().map(|(s, _)| *s).collect();
     format!(
-        "provider simulator: {field} {card:?} has no known outcome suffix; use one of {}",
-        known.join(", ")
+        "provider simulator: {field} {card:?} has no known outcome suffix; use one of {}, \
+         optionally preceded by modifier tokens ({}; N in s or ms), e.g. \
+         card_1234_then502_lag20s_ok",
+        known.join(", "),
+        crate::script::MODIFIERS.join(", ")
     )
 }
 
@@ -98,6 +98,9 @@ mod tests {
         let m = unknown_suffix_message("card_id", "card_zzz");
         for (suffix, _) in KNOWN_SUFFIXES {
             assert!(m.contains(suffix), "{m}");
+        }
+        for modifier in crate::script::MODIFIERS {
+            assert!(m.contains(modifier), "{m}");
         }
     }
 }

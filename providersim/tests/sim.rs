@@ -1,10 +1,13 @@
 //! The simulator over real HTTP: every scripted outcome on both providers, idempotent
-//! replays, the "once" outcomes, the timeout-then-reconcile path, auth and the ledger.
+//! replays, the "once" outcomes, the timeout-then-reconcile path, auth, the ledger of charge
+//! requests and every misbehaviour modifier.
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use warren_providersim::{serve, Charge, ChargeStatus, Provider, SimConfig, KNOWN_SUFFIXES};
+use warren_providersim::{
+    serve, Charge, ChargeStatus, Provider, SimConfig, KNOWN_SUFFIXES, MODIFIERS,
+};
 
 const AMOUNT: i64 = 4990;
 
@@ -78,15 +81,18 @@ impl Sim {
             .await
     }
 
-    async fn pagarme_find(&self, code: &str) -> Vec<Value> {
-        let r = self
-            .http
+    async fn pagarme_find_raw(&self, code: &str) -> Response {
+        self.http
             .get(self.url("/core/v5/orders"))
             .basic_auth("sk_test_sim", Some(""))
             .query(&[("code", code)])
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn pagarme_find(&self, code: &str) -> Vec<Value> {
+        let r = self.pagarme_find_raw(code).await;
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.unwrap();
         body["data"].as_array().unwrap().clone()
@@ -130,20 +136,24 @@ impl Sim {
         self.appmax_create(reference).await["id"].as_u64().unwrap()
     }
 
-    async fn appmax_find(&self, reference: &str) -> Vec<Value> {
-        let r = self
-            .http
+    async fn appmax_find_raw(&self, reference: &str) -> Response {
+        self.http
             .get(self.url("/api/v3/order"))
             .header("access-token", "tok_merchant")
             .query(&[("reference", reference)])
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn appmax_find(&self, reference: &str) -> Vec<Value> {
+        let r = self.appmax_find_raw(reference).await;
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.unwrap();
         body["data"].as_array().unwrap().clone()
     }
 
+    /// Every ledger row (every charge request), oldest first.
     async fn ledger(&self) -> Vec<Charge> {
         let r = self
             .http
@@ -154,15 +164,78 @@ impl Sim {
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.unwrap()
     }
+
+    /// The ledger rows of `key` (`?key=`).
+    async fn ledger_of(&self, key: &str) -> Vec<Charge> {
+        let r = self
+            .http
+            .get(self.url("/__sim/charges"))
+            .query(&[("key", key)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// The charges made: the rows with `charged`, without the per-request fields.
+    async fn charged(&self) -> Vec<Made> {
+        self.ledger()
+            .await
+            .into_iter()
+            .filter(|c| c.charged)
+            .map(|c| Made {
+                provider: c.provider,
+                key: c.key,
+                card: c.card,
+                amount_cents: c.amount_cents,
+                status: c.status.expect("a charged row has a status"),
+            })
+            .collect()
+    }
 }
 
-fn charge(provider: Provider, key: &str, card: &str, status: ChargeStatus) -> Charge {
-    Charge {
+/// A charge made, as [`Sim::charged`] lists it.
+#[derive(Debug, PartialEq, Eq)]
+struct Made {
+    provider: Provider,
+    key: String,
+    card: String,
+    amount_cents: i64,
+    status: ChargeStatus,
+}
+
+fn charge(provider: Provider, key: &str, card: &str, status: ChargeStatus) -> Made {
+    Made {
         provider,
         key: key.to_owned(),
         card: card.to_owned(),
         amount_cents: AMOUNT,
         status,
+    }
+}
+
+/// A full ledger row.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    provider: Provider,
+    key: &str,
+    card: &str,
+    call: u32,
+    status: Option<ChargeStatus>,
+    answer: &str,
+    order_id: Option<&str>,
+) -> Charge {
+    Charge {
+        provider,
+        key: key.to_owned(),
+        card: card.to_owned(),
+        amount_cents: AMOUNT,
+        call,
+        charged: status.is_some(),
+        status,
+        answer: answer.to_owned(),
+        order_id: order_id.map(str::to_owned),
     }
 }
 
@@ -190,7 +263,7 @@ async fn pagarme_ok_is_paid_recorded_and_findable() {
     );
 
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Pagarme,
             &k,
@@ -217,7 +290,7 @@ async fn pagarme_decline_is_failed_with_acquirer_message() {
     assert_eq!(tx["status"], "not_authorized");
     assert_eq!(tx["acquirer_message"], "Insufficient funds");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Pagarme,
             &k,
@@ -236,7 +309,7 @@ async fn pagarme_500_every_time_and_nothing_charged() {
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(json_of(r).await["message"].is_string());
     }
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
     assert!(sim.pagarme_find(&k).await.is_empty());
 }
 
@@ -246,7 +319,7 @@ async fn pagarme_500once_then_paid() {
     let k = key("pg-500once");
     let r = sim.pagarme_create(&k, "card_500once").await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(sim.ledger().await.is_empty(), "a 500 is not a charge");
+    assert!(sim.charged().await.is_empty(), "a 500 is not a charge");
 
     let r = sim.pagarme_create(&k, "card_500once").await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -255,7 +328,7 @@ async fn pagarme_500once_then_paid() {
     let r = sim.pagarme_create(&k, "card_500once").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Pagarme,
             &k,
@@ -278,14 +351,14 @@ async fn pagarme_429_with_retry_after_then_paid() {
     let r = sim.pagarme_create(&k, "card_429").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["retry-after"], "1");
-    assert!(sim.ledger().await.is_empty(), "a 429 is not a charge");
+    assert!(sim.charged().await.is_empty(), "a 429 is not a charge");
 
     let r = sim.pagarme_create(&k, "card_429").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers().get("retry-after").is_none());
     assert_eq!(json_of(r).await["status"], "paid");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Pagarme,
             &k,
@@ -314,7 +387,7 @@ async fn pagarme_timeout_records_paid_and_reconciles_by_code() {
     assert!(err.is_timeout(), "{err}");
 
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Pagarme,
             &k,
@@ -331,7 +404,7 @@ async fn pagarme_timeout_records_paid_and_reconciles_by_code() {
     let r = sim.pagarme_create(&k, "card_timeout").await;
     assert!(started.elapsed() < Duration::from_millis(250));
     assert_eq!(json_of(r).await["id"], found[0]["id"]);
-    assert_eq!(sim.ledger().await.len(), 1);
+    assert_eq!(sim.charged().await.len(), 1);
 
     // With a patient client the first answer arrives after the hang.
     let k2 = key("pg-timeout-2");
@@ -350,7 +423,7 @@ async fn pagarme_slow_is_paid_after_200ms() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(json_of(r).await["status"], "paid");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Pagarme,
             &k,
@@ -395,7 +468,7 @@ async fn pagarme_replay_by_key_or_code_returns_first_order_and_charges_once() {
         assert_eq!(order.unwrap()["id"], first["id"]);
     }
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(Provider::Pagarme, &k, "card_ok", ChargeStatus::Paid)]
     );
     assert_eq!(sim.pagarme_find(&k).await.len(), 1);
@@ -431,7 +504,7 @@ async fn pagarme_requires_basic_auth() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
 }
 
 #[tokio::test]
@@ -445,7 +518,22 @@ async fn pagarme_unknown_suffix_is_400_naming_the_known_ones() {
     for (suffix, _) in KNOWN_SUFFIXES {
         assert!(message.contains(suffix), "{message} lacks {suffix}");
     }
-    assert!(sim.ledger().await.is_empty());
+    for modifier in MODIFIERS {
+        assert!(message.contains(modifier), "{message} lacks {modifier}");
+    }
+    assert!(sim.charged().await.is_empty());
+    assert_eq!(
+        sim.ledger().await,
+        vec![row(
+            Provider::Pagarme,
+            &k,
+            "card_mystery",
+            1,
+            None,
+            "400",
+            None
+        )]
+    );
     // Malformed JSON is a 422 with Pagar.me's error shape.
     let r = sim
         .http
@@ -478,7 +566,7 @@ async fn appmax_order_is_unique_by_reference() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["id"], a["id"]);
     assert!(
-        sim.ledger().await.is_empty(),
+        sim.charged().await.is_empty(),
         "creating an order charges nothing"
     );
 }
@@ -494,7 +582,7 @@ async fn appmax_ok_is_approved_and_findable() {
     assert_eq!(body["order_id"], id);
     assert_eq!(body["status"], "approved");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(Provider::Appmax, &k, "tok_ok", ChargeStatus::Paid)]
     );
     let found = sim.appmax_find(&k).await;
@@ -515,7 +603,7 @@ async fn appmax_decline_is_declined_with_message() {
     assert_eq!(found[0]["status"], "declined");
     assert_eq!(found[0]["message"], "Insufficient funds");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Appmax,
             &k,
@@ -534,7 +622,7 @@ async fn appmax_500_every_time_and_nothing_charged() {
         let r = sim.appmax_charge(id, "tok_500").await;
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
     assert_eq!(sim.appmax_find(&k).await[0]["status"], "pending");
 }
 
@@ -545,12 +633,12 @@ async fn appmax_500once_then_approved() {
     let id = sim.appmax_order(&k).await;
     let r = sim.appmax_charge(id, "tok_500once").await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
     let r = sim.appmax_charge(id, "tok_500once").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(json_of(r).await["status"], "approved");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Appmax,
             &k,
@@ -568,11 +656,11 @@ async fn appmax_429_with_retry_after_then_approved() {
     let r = sim.appmax_charge(id, "tok_429").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["retry-after"], "1");
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
     let r = sim.appmax_charge(id, "tok_429").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(json_of(r).await["status"], "approved");
-    assert_eq!(sim.ledger().await.len(), 1);
+    assert_eq!(sim.charged().await.len(), 1);
 }
 
 #[tokio::test]
@@ -594,7 +682,7 @@ async fn appmax_timeout_records_approved_and_reconciles_by_reference() {
         .expect_err("the simulator must answer only after timeout_hang");
     assert!(err.is_timeout(), "{err}");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(
             Provider::Appmax,
             &k,
@@ -610,7 +698,7 @@ async fn appmax_timeout_records_approved_and_reconciles_by_reference() {
     let r = sim.appmax_charge(id, "tok_timeout").await;
     assert!(started.elapsed() < Duration::from_millis(250));
     assert_eq!(json_of(r).await["status"], "approved");
-    assert_eq!(sim.ledger().await.len(), 1);
+    assert_eq!(sim.charged().await.len(), 1);
 }
 
 #[tokio::test]
@@ -621,7 +709,7 @@ async fn appmax_slow_is_approved_after_200ms() {
     let body = json_of(sim.appmax_charge(id, "tok_slow").await).await;
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(body["status"], "approved");
-    assert_eq!(sim.ledger().await.len(), 1);
+    assert_eq!(sim.charged().await.len(), 1);
 }
 
 #[tokio::test]
@@ -639,7 +727,7 @@ async fn appmax_recharge_of_decided_reference_charges_once() {
     let body = json_of(sim.appmax_charge(id2, "tok_decline").await).await;
     assert_eq!(body["status"], "approved");
     assert_eq!(
-        sim.ledger().await,
+        sim.charged().await,
         vec![charge(Provider::Appmax, &k, "tok_ok", ChargeStatus::Paid)]
     );
 }
@@ -675,7 +763,7 @@ async fn appmax_requires_access_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
     assert_eq!(sim.appmax_find(&k).await[0]["status"], "pending");
 }
 
@@ -691,7 +779,7 @@ async fn appmax_unknown_suffix_and_unknown_order() {
     }
     let r = sim.appmax_charge(id + 1000, "tok_ok").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
 }
 
 // ---------------------------------------------------------------- ledger, health, latency
@@ -714,7 +802,7 @@ async fn delete_resets_ledger_orders_and_once_state() {
         sim.appmax_charge(id, "tok_ok").await.status(),
         StatusCode::OK
     );
-    assert_eq!(sim.ledger().await.len(), 2);
+    assert_eq!(sim.charged().await.len(), 2);
 
     let r = sim
         .http
@@ -723,7 +811,7 @@ async fn delete_resets_ledger_orders_and_once_state() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    assert!(sim.ledger().await.is_empty());
+    assert!(sim.charged().await.is_empty());
     assert!(sim.pagarme_find(&pk).await.is_empty());
     assert!(sim.appmax_find(&ak).await.is_empty());
     // Per-key state is gone: the "first attempt" fails again, and the old order id is unknown.
@@ -743,7 +831,14 @@ async fn delete_resets_ledger_orders_and_once_state() {
 async fn ledger_is_the_documented_json() {
     let sim = start_default().await;
     let k = key("ledger");
+    let order = json_of(sim.pagarme_create(&k, "card_decline").await).await;
+    let id = order["id"].as_str().unwrap();
     sim.pagarme_create(&k, "card_decline").await;
+    let k500 = key("ledger-500");
+    sim.pagarme_create(&k500, "card_500").await;
+    let ka = key("ledger-ax");
+    let oid = sim.appmax_order(&ka).await;
+    sim.appmax_charge(oid, "tok_ok").await;
     let raw: Value = sim
         .http
         .get(sim.url("/__sim/charges"))
@@ -755,7 +850,374 @@ async fn ledger_is_the_documented_json() {
         .unwrap();
     assert_eq!(
         raw,
-        json!([{ "provider": "pagarme", "key": k, "card": "card_decline", "amount_cents": AMOUNT, "status": "failed" }])
+        json!([
+            { "provider": "pagarme", "key": k, "card": "card_decline", "amount_cents": AMOUNT,
+              "call": 1, "charged": true, "status": "failed", "answer": "200", "order_id": id },
+            { "provider": "pagarme", "key": k, "card": "card_decline", "amount_cents": AMOUNT,
+              "call": 2, "charged": false, "status": null, "answer": "200", "order_id": id },
+            { "provider": "pagarme", "key": k500, "card": "card_500", "amount_cents": AMOUNT,
+              "call": 1, "charged": false, "status": null, "answer": "500", "order_id": null },
+            { "provider": "appmax", "key": ka, "card": "tok_ok", "amount_cents": AMOUNT,
+              "call": 1, "charged": true, "status": "paid", "answer": "200",
+              "order_id": oid.to_string() },
+        ])
+    );
+}
+
+#[tokio::test]
+async fn ledger_rows_every_request_and_filters_by_key() {
+    let sim = start_default().await;
+    let k = key("rows-pg");
+    assert_eq!(
+        sim.pagarme_create(&k, "card_429").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let order = json_of(sim.pagarme_create(&k, "card_429").await).await;
+    let id = order["id"].as_str().unwrap();
+    sim.pagarme_create(&k, "card_429").await;
+    let ka = key("rows-ax");
+    let oid = sim.appmax_order(&ka).await;
+    let o = oid.to_string();
+    for _ in 0..3 {
+        sim.appmax_charge(oid, "tok_500once").await;
+    }
+    let p = Provider::Pagarme;
+    let a = Provider::Appmax;
+    let paid = Some(ChargeStatus::Paid);
+    assert_eq!(
+        sim.ledger_of(&k).await,
+        vec![
+            row(p, &k, "card_429", 1, None, "429", None),
+            row(p, &k, "card_429", 2, paid, "200", Some(id)),
+            row(p, &k, "card_429", 3, None, "200", Some(id)),
+        ]
+    );
+    assert_eq!(
+        sim.ledger_of(&ka).await,
+        vec![
+            row(a, &ka, "tok_500once", 1, None, "500", Some(&o)),
+            row(a, &ka, "tok_500once", 2, paid, "200", Some(&o)),
+            row(a, &ka, "tok_500once", 3, None, "200", Some(&o)),
+        ]
+    );
+    assert_eq!(sim.ledger().await.len(), 6);
+    assert!(sim.ledger_of("no-such-key").await.is_empty());
+    // One charge per key.
+    assert_eq!(sim.charged().await.len(), 2);
+}
+
+// ---------------------------------------------------------------- modifiers
+
+/// Lets `ms` milliseconds pass.
+async fn pass(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test]
+async fn pagarme_then502_charges_answers_502_and_replays_normally() {
+    let sim = start_default().await;
+    let k = key("pg-then502");
+    let card = "card_ab12_then502_ok";
+    let r = sim.pagarme_create(&k, card).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(json_of(r).await["message"].is_string());
+    let ledger = sim.ledger().await;
+    assert_eq!(ledger.len(), 1);
+    assert!(ledger[0].charged);
+    assert_eq!(ledger[0].status, Some(ChargeStatus::Paid));
+    assert_eq!(ledger[0].answer, "502");
+    let id = ledger[0].order_id.clone().unwrap();
+    // The order exists and is paid.
+    let found = sim.pagarme_find(&k).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["id"], id.as_str());
+    assert_eq!(found[0]["status"], "paid");
+    // The same key again is a normal replay of that order.
+    let r = sim.pagarme_create(&k, card).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(json_of(r).await["id"], id.as_str());
+    assert_eq!(
+        sim.ledger_of(&k).await[1],
+        row(Provider::Pagarme, &k, card, 2, None, "200", Some(&id))
+    );
+    assert_eq!(sim.charged().await.len(), 1);
+
+    // Another status and a decline: charged failed, answered 503.
+    let k2 = key("pg-then503");
+    let r = sim.pagarme_create(&k2, "card_then503_decline").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let rows = sim.ledger_of(&k2).await;
+    assert_eq!(
+        (rows[0].charged, rows[0].status, rows[0].answer.as_str()),
+        (true, Some(ChargeStatus::Failed), "503")
+    );
+}
+
+#[tokio::test]
+async fn appmax_then502_charges_answers_502_and_replays_normally() {
+    let sim = start_default().await;
+    let k = key("ax-then502");
+    let id = sim.appmax_order(&k).await;
+    let r = sim.appmax_charge(id, "tok_then502_ok").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(json_of(r).await["message"].is_string());
+    assert_eq!(sim.appmax_find(&k).await[0]["status"], "approved");
+    // Charging the decided order again (also through a re-created order) replays.
+    assert_eq!(sim.appmax_order(&k).await, id);
+    let r = sim.appmax_charge(id, "tok_then502_ok").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(json_of(r).await["status"], "approved");
+    let o = id.to_string();
+    assert_eq!(
+        sim.ledger().await,
+        vec![
+            row(
+                Provider::Appmax,
+                &k,
+                "tok_then502_ok",
+                1,
+                Some(ChargeStatus::Paid),
+                "502",
+                Some(&o)
+            ),
+            row(
+                Provider::Appmax,
+                &k,
+                "tok_then502_ok",
+                2,
+                None,
+                "200",
+                Some(&o)
+            ),
+        ]
+    );
+}
+
+/// Asserts that a request failed the way a dropped connection does: not a timeout, not a
+/// connect error, and either no response or a body that cannot be read.
+async fn assert_reset(result: reqwest::Result<Response>) {
+    let err = match result {
+        Err(e) => e,
+        Ok(r) => {
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.expect_err("the body must break off")
+        }
+    };
+    assert!(!err.is_timeout() && !err.is_connect(), "{err:?}");
+}
+
+#[tokio::test]
+async fn thenreset_charges_and_breaks_the_answer() {
+    let sim = start_default().await;
+    let k = key("pg-reset");
+    assert_reset(
+        sim.pagarme_create_with(&sim.http, &k, &k, "card_thenreset_ok")
+            .await,
+    )
+    .await;
+    let rows = sim.ledger().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].charged, rows[0].status, rows[0].answer.as_str()),
+        (true, Some(ChargeStatus::Paid), "reset")
+    );
+    let r = sim.pagarme_create(&k, "card_thenreset_ok").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(json_of(r).await["status"], "paid");
+
+    let ka = key("ax-reset");
+    let id = sim.appmax_order(&ka).await;
+    assert_reset(
+        sim.appmax_charge_with(&sim.http, id, "tok_thenreset_decline")
+            .await,
+    )
+    .await;
+    let rows = sim.ledger_of(&ka).await;
+    assert_eq!(
+        (rows[0].charged, rows[0].status, rows[0].answer.as_str()),
+        (true, Some(ChargeStatus::Failed), "reset")
+    );
+    let r = sim.appmax_charge(id, "tok_thenreset_decline").await;
+    assert_eq!(json_of(r).await["status"], "declined");
+    assert_eq!(sim.charged().await.len(), 2);
+}
+
+#[tokio::test]
+async fn pagarme_pending_settles_after_n() {
+    let sim = start_default().await;
+    let k = key("pg-pending");
+    let order = json_of(sim.pagarme_create(&k, "card_pending300ms_ok").await).await;
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["charges"][0]["status"], "pending");
+    assert_eq!(sim.pagarme_find(&k).await[0]["status"], "pending");
+    assert_eq!(sim.ledger().await[0].status, Some(ChargeStatus::Pending));
+    // A replay before it settles: still pending, still one charge.
+    let again = json_of(sim.pagarme_create(&k, "card_pending300ms_ok").await).await;
+    assert_eq!(
+        (again["id"].clone(), again["status"].clone()),
+        (order["id"].clone(), json!("pending"))
+    );
+    pass(350).await;
+    assert_eq!(sim.pagarme_find(&k).await[0]["status"], "paid");
+    assert_eq!(
+        sim.charged().await,
+        vec![charge(
+            Provider::Pagarme,
+            &k,
+            "card_pending300ms_ok",
+            ChargeStatus::Paid
+        )]
+    );
+
+    let k2 = key("pg-pending-decline");
+    let order = json_of(sim.pagarme_create(&k2, "card_pending300ms_decline").await).await;
+    assert_eq!(order["status"], "pending");
+    pass(350).await;
+    let found = sim.pagarme_find(&k2).await;
+    assert_eq!(found[0]["status"], "failed");
+    assert_eq!(
+        found[0]["charges"][0]["last_transaction"]["acquirer_message"],
+        "Insufficient funds"
+    );
+    assert_eq!(
+        sim.ledger_of(&k2).await[0].status,
+        Some(ChargeStatus::Failed)
+    );
+}
+
+#[tokio::test]
+async fn appmax_pending_settles_after_n() {
+    let sim = start_default().await;
+    let k = key("ax-pending");
+    let id = sim.appmax_order(&k).await;
+    let body = json_of(sim.appmax_charge(id, "tok_pending300ms_decline").await).await;
+    assert_eq!(body["status"], "pending");
+    assert_eq!(sim.appmax_find(&k).await[0]["status"], "pending");
+    assert_eq!(sim.ledger().await[0].status, Some(ChargeStatus::Pending));
+    // Charging it again while pending replays: no second charge.
+    let body = json_of(sim.appmax_charge(id, "tok_pending300ms_decline").await).await;
+    assert_eq!(body["status"], "pending");
+    pass(350).await;
+    assert_eq!(sim.appmax_find(&k).await[0]["status"], "declined");
+    assert_eq!(
+        sim.charged().await,
+        vec![charge(
+            Provider::Appmax,
+            &k,
+            "tok_pending300ms_decline",
+            ChargeStatus::Failed
+        )]
+    );
+    assert_eq!(sim.ledger().await.len(), 2);
+}
+
+#[tokio::test]
+async fn lag_hides_the_charge_from_lookups_then_shows_it() {
+    let sim = start_default().await;
+    let k = key("pg-lag");
+    let order = json_of(sim.pagarme_create(&k, "card_lag300ms_ok").await).await;
+    assert_eq!(order["status"], "paid", "the charge answer is not affected");
+    assert!(sim.pagarme_find(&k).await.is_empty());
+    assert_eq!(sim.charged().await.len(), 1);
+    pass(350).await;
+    let found = sim.pagarme_find(&k).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["id"], order["id"]);
+
+    let ka = key("ax-lag");
+    let id = sim.appmax_order(&ka).await;
+    let body = json_of(sim.appmax_charge(id, "tok_lag300ms_ok").await).await;
+    assert_eq!(body["status"], "approved");
+    assert_eq!(sim.appmax_find(&ka).await[0]["status"], "pending");
+    pass(350).await;
+    assert_eq!(sim.appmax_find(&ka).await[0]["status"], "approved");
+}
+
+#[tokio::test]
+async fn then502_with_lag_is_charged_answered_502_and_invisible() {
+    let sim = start_default().await;
+    let k = key("pg-502-lag");
+    let r = sim.pagarme_create(&k, "card_x_then502_lag300ms_ok").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(sim.pagarme_find(&k).await.is_empty());
+    assert_eq!(sim.charged().await.len(), 1);
+    pass(350).await;
+    assert_eq!(sim.pagarme_find(&k).await[0]["status"], "paid");
+}
+
+#[tokio::test]
+async fn lookuperr_fails_lookups_then_answers() {
+    let sim = start_default().await;
+    let k = key("pg-lookuperr");
+    let order = json_of(sim.pagarme_create(&k, "card_lookuperr300ms_ok").await).await;
+    let r = sim.pagarme_find_raw(&k).await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(json_of(r).await["message"].is_string());
+    // Only that key's lookups fail.
+    assert!(sim.pagarme_find(&key("pg-other")).await.is_empty());
+    pass(350).await;
+    assert_eq!(sim.pagarme_find(&k).await[0]["id"], order["id"]);
+
+    let ka = key("ax-lookuperr");
+    let id = sim.appmax_order(&ka).await;
+    sim.appmax_charge(id, "tok_lookuperr300ms_ok").await;
+    assert_eq!(
+        sim.appmax_find_raw(&ka).await.status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    pass(350).await;
+    assert_eq!(sim.appmax_find(&ka).await[0]["status"], "approved");
+}
+
+#[tokio::test]
+async fn pagarme_forget_charges_the_same_key_twice() {
+    let sim = start_default().await;
+    let k = key("pg-forget");
+    let first = json_of(sim.pagarme_create(&k, "card_forget_ok").await).await;
+    let second = json_of(sim.pagarme_create(&k, "card_forget_ok").await).await;
+    assert_ne!(first["id"], second["id"], "a second order");
+    assert_eq!(second["status"], "paid");
+    let rows = sim.ledger_of(&k).await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows
+        .iter()
+        .all(|r| r.charged && r.status == Some(ChargeStatus::Paid)));
+    assert_eq!((rows[0].call, rows[1].call), (1, 2));
+    let found = sim.pagarme_find(&k).await;
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0]["id"], second["id"], "newest first");
+    assert_eq!(found[1]["id"], first["id"]);
+}
+
+#[tokio::test]
+async fn appmax_duporder_makes_two_orders_both_chargeable() {
+    let sim = start_default().await;
+    let k = key("ax-duporder");
+    let first = sim.appmax_order(&k).await;
+    assert_eq!(
+        json_of(sim.appmax_charge(first, "tok_duporder_ok").await).await["status"],
+        "approved"
+    );
+    // The reference is no longer unique: a new order, pending, chargeable.
+    let again = sim.appmax_create(&k).await;
+    let second = again["id"].as_u64().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(again["status"], "pending");
+    assert_eq!(
+        json_of(sim.appmax_charge(second, "tok_duporder_ok").await).await["status"],
+        "approved"
+    );
+    let found = sim.appmax_find(&k).await;
+    let ids: Vec<u64> = found.iter().map(|o| o["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![second, first], "every order, newest first");
+    let rows = sim.ledger_of(&k).await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.charged));
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.order_id.clone().unwrap())
+            .collect::<Vec<_>>(),
+        vec![first.to_string(), second.to_string()]
     );
 }
 

@@ -3,8 +3,10 @@
 //! Every seeded subscription is deterministic given its index `i` (0-based, in this run):
 //!
 //! - outcome: `mix[i % len]`, where `mix` is `--mix` with weights expanded in the order
-//!   given (`ok=2,decline` → `[ok, ok, decline]`); the outcome is the card suffix
-//!   (`_ok`, `_decline`, …) the simulator scripts its answer by (docs/providers.md);
+//!   given (`ok=2,decline` → `[ok, ok, decline]`); each entry is a simulator card script
+//!   (an outcome such as `ok`, optionally preceded by modifiers: `then502_lag20s_ok`),
+//!   parsed by [`warren_providersim::Script`] and used as the card suffix the simulator
+//!   scripts its answer by (docs/providers.md);
 //! - provider: the cycle `c = i / len` goes to Appmax when `floor((c+1)·A) > floor(c·A)`
 //!   (A = `--appmax-fraction`), i.e. whole mix cycles alternate evenly between the
 //!   providers, so with A = 0.5 and at least `2 × len` subscriptions every
@@ -24,12 +26,12 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warren_core::config::redact_url;
 use warren_core::db;
+use warren_providersim::{Script, KNOWN_SUFFIXES};
 
 /// Subscriptions per insert batch (and per transaction).
 pub(crate) const BATCH: usize = 1000;
@@ -69,6 +71,20 @@ card's suffix decides what the charge does:
   timeout  charged, but answers only after 30 s (past any client timeout)
   slow     paid, after 200 ms
 
+An outcome may be preceded by modifiers, `_`-separated, that make the simulator misbehave
+like a real gateway (N is a whole number of s or ms):
+
+  then<NNN>     charged, but the charging request is answered HTTP NNN (e.g. then502)
+  thenreset     charged, then the connection drops mid-answer
+  pending<N>    answered pending; settles to the outcome N later
+  lag<N>        lookups by code/reference do not see the charge for N
+  lookuperr<N>  lookups for the key answer 500 for N
+  forget        Pagar.me: the idempotency key is forgotten; a retry charges again
+  duporder      Appmax: the reference is not unique; a new order every time
+
+e.g. --mix \"then502_lag20s_ok=2,ok\" seeds cards card_<hex>_then502_lag20s_ok (see
+docs/providers.md).
+
 Distribution (deterministic, by the subscription's index i = 0..N-1 in this run):
   outcome   mix[i % len], with --mix weights expanded in order (ok=2,decline -> ok,ok,decline)
   provider  whole mix cycles c = i / len alternate: c goes to Appmax when
@@ -83,7 +99,8 @@ Prints a table of subscriptions and due ones per provider and outcome.
 
 Examples:
   warren demo seed --subscriptions 40 --mix ok,decline,timeout,500once --due-fraction 0.5
-  warren demo seed --subscriptions 100000 --mix ok=8,decline=1,500once=1";
+  warren demo seed --subscriptions 100000 --mix ok=8,decline=1,500once=1
+  warren demo seed --subscriptions 20 --mix then502_lag20s_ok,pending30s_ok,ok";
 
 #[derive(Args, Debug)]
 pub struct SeedArgs {
@@ -99,9 +116,11 @@ pub struct SeedArgs {
         value_name = "F"
     )]
     pub due_fraction: f64,
-    /// Simulator outcomes (card suffixes without the underscore), comma-separated, each
-    /// optionally weighted: e.g. `ok,decline,500once` or `ok=8,decline=2`. Known: ok,
-    /// decline, 500, 500once, 429, timeout, slow.
+    /// Simulator card scripts (card suffixes without the underscore), comma-separated, each
+    /// optionally weighted: e.g. `ok,decline,500once`, `ok=8,decline=2` or
+    /// `then502_lag20s_ok=2,ok`. Outcomes: ok, decline, 500, 500once, 429, timeout, slow;
+    /// modifiers before them: then<NNN>, thenreset, pending<N>, lag<N>, lookuperr<N>,
+    /// forget, duporder.
     #[arg(long, env = "WARREN_DEMO_MIX", default_value = "ok",
           value_parser = |s: &str| s.parse::<Mix>())]
     pub mix: Mix,
@@ -120,72 +139,29 @@ pub struct SeedArgs {
     pub merchants: u32,
 }
 
-/// A simulator outcome, chosen by the card suffix (docs/providers.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Outcome {
-    Ok,
-    Decline,
-    Http500,
-    Http500Once,
-    Http429,
-    Timeout,
-    Slow,
-}
-
-impl Outcome {
-    pub(crate) const ALL: [Outcome; 7] = [
-        Self::Ok,
-        Self::Decline,
-        Self::Http500,
-        Self::Http500Once,
-        Self::Http429,
-        Self::Timeout,
-        Self::Slow,
-    ];
-
-    /// The `--mix` name: the card suffix without its underscore.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Decline => "decline",
-            Self::Http500 => "500",
-            Self::Http500Once => "500once",
-            Self::Http429 => "429",
-            Self::Timeout => "timeout",
-            Self::Slow => "slow",
-        }
-    }
-
-    /// The card id / token suffix the simulator reads, e.g. `_ok`.
-    pub(crate) fn suffix(self) -> String {
-        format!("_{}", self.name())
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// `--mix`: outcomes with weights expanded, in the order given.
+/// `--mix`: card scripts with weights expanded, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Mix(Vec<Outcome>);
+pub(crate) struct Mix(Vec<Script>);
 
 impl Mix {
-    pub(crate) fn expanded(&self) -> &[Outcome] {
+    pub(crate) fn expanded(&self) -> &[Script] {
         &self.0
     }
 }
 
 impl Default for Mix {
     fn default() -> Self {
-        Self(vec![Outcome::Ok])
+        Self(vec![Script::plain(warren_providersim::Outcome::Ok)])
     }
 }
 
+/// `ok, decline, 500, …`: the simulator's outcomes, by the names `--mix` takes.
 fn known_outcomes() -> String {
-    Outcome::ALL.map(Outcome::name).join(", ")
+    KNOWN_SUFFIXES
+        .iter()
+        .map(|(s, _)| s.trim_start_matches('_'))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl FromStr for Mix {
@@ -217,22 +193,15 @@ impl FromStr for Mix {
                 None => (item, 1),
             };
             let name = name.strip_prefix('_').unwrap_or(name);
-            let Some(outcome) = Outcome::ALL
-                .into_iter()
-                .find(|o| o.name().eq_ignore_ascii_case(name))
-            else {
+            // The simulator's own parser: its error names the outcomes and modifiers.
+            let script = name.parse::<Script>()?;
+            if seen.contains(&script) {
                 return Err(format!(
-                    "unknown outcome {name:?}; known: {}",
-                    known_outcomes()
-                ));
-            };
-            if seen.contains(&outcome) {
-                return Err(format!(
-                    "{name:?} is given twice; use a weight instead (e.g. {name}=2)"
+                    "{name:?} is given twice; use a weight instead (e.g. {script}=2)"
                 ));
             }
-            seen.push(outcome);
-            out.extend(std::iter::repeat_n(outcome, weight as usize));
+            seen.push(script);
+            out.extend(std::iter::repeat_n(script, weight as usize));
         }
         Ok(Self(out))
     }
@@ -340,7 +309,7 @@ pub(crate) struct Counts {
 /// What a seed run created.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SeedReport {
-    pub counts: BTreeMap<(Provider, Outcome), Counts>,
+    pub counts: BTreeMap<(Provider, Script), Counts>,
     /// The merchant ids of the Appmax integrations created (none without Appmax subscriptions).
     pub merchants: Vec<Uuid>,
     /// The first customer number `n` (`demo+<n>@example.com`) of this run.
@@ -360,17 +329,25 @@ impl SeedReport {
     pub(crate) fn table(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
+        // Outcome and suffix columns widen for long scripts (`then502_lag20s_ok`).
+        let w = self
+            .counts
+            .keys()
+            .map(|(_, o)| o.suffix().len())
+            .max()
+            .unwrap_or(0)
+            .max(10);
         let _ = writeln!(
             s,
-            "{:<10} {:<10} {:<10} {:>13} {:>9}",
+            "{:<10} {:<w$} {:<w$} {:>13} {:>9}",
             "PROVIDER", "OUTCOME", "SUFFIX", "SUBSCRIPTIONS", "DUE"
         );
         for ((p, o), c) in &self.counts {
             let _ = writeln!(
                 s,
-                "{:<10} {:<10} {:<10} {:>13} {:>9}",
+                "{:<10} {:<w$} {:<w$} {:>13} {:>9}",
                 p.label(),
-                o.name(),
+                o.to_string(),
                 o.suffix(),
                 c.subscriptions,
                 c.due
@@ -379,7 +356,7 @@ impl SeedReport {
         let t = self.total();
         let _ = writeln!(
             s,
-            "{:<10} {:<10} {:<10} {:>13} {:>9}",
+            "{:<10} {:<w$} {:<w$} {:>13} {:>9}",
             "total", "", "", t.subscriptions, t.due
         );
         s
@@ -643,16 +620,25 @@ mod tests {
         }
     }
 
+    /// The mix as canonical script names.
+    fn names(mix: &str) -> Vec<String> {
+        mix.parse::<Mix>()
+            .unwrap()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     #[test]
     fn mix_parses_names_and_weights() {
-        use Outcome::*;
         assert_eq!(
-            "ok=2, decline,500once".parse::<Mix>().unwrap().0,
-            vec![Ok, Ok, Decline, Http500Once]
+            names("ok=2, decline,500once"),
+            ["ok", "ok", "decline", "500once"]
         );
         assert_eq!(
-            "500,429,timeout,slow".parse::<Mix>().unwrap().0,
-            vec![Http500, Http429, Timeout, Slow]
+            names("500,429,timeout,_slow,OK"),
+            ["500", "429", "timeout", "slow", "ok"]
         );
         let e = "ok,nope".parse::<Mix>().unwrap_err();
         assert!(e.contains("\"nope\"") && e.contains("500once, 429"), "{e}");
@@ -662,9 +648,56 @@ mod tests {
     }
 
     #[test]
+    fn mix_takes_simulator_scripts() {
+        assert_eq!(
+            names("then502_lag20s_ok=2,ok"),
+            ["then502_lag20s_ok", "then502_lag20s_ok", "ok"]
+        );
+        let mix: Mix = "lag500ms_then502_ok".parse().unwrap();
+        // Canonical spelling, and the simulator reads the seeded card back to the same script.
+        assert_eq!(mix.0[0].suffix(), "_then502_lag500ms_ok");
+        let card = format!("card_{}{}", hex16(), mix.0[0].suffix());
+        assert_eq!(Script::from_card(&card), Some(mix.0[0]));
+        // The same script twice, however spelled.
+        let e = "then502_lag20s_ok,lag20s_then502_ok"
+            .parse::<Mix>()
+            .unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+        let e = "lga20s_ok".parse::<Mix>().unwrap_err();
+        assert!(e.contains("\"lga20s\"") && e.contains("lag<N>"), "{e}");
+    }
+
+    #[test]
+    fn table_names_scripts_and_suffixes() {
+        let mut report = SeedReport::default();
+        for mix in ["ok", "then502_lag20s_ok"] {
+            let script: Script = mix.parse().unwrap();
+            report.counts.insert(
+                (Provider::Pagarme, script),
+                Counts {
+                    subscriptions: 2,
+                    due: 1,
+                },
+            );
+        }
+        let table = report.table();
+        assert!(table.contains(" ok "), "{table}");
+        assert!(table.contains(" _ok "), "{table}");
+        assert!(
+            table.contains("then502_lag20s_ok  _then502_lag20s_ok"),
+            "{table}"
+        );
+        let widths: Vec<usize> = table.lines().map(str::len).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "aligned: {table}");
+    }
+
+    #[test]
     fn every_pair_is_present_at_half() {
-        for len in 1..=7 {
-            let names: Vec<_> = Outcome::ALL[..len].iter().map(|o| o.name()).collect();
+        for len in 1..=KNOWN_SUFFIXES.len() {
+            let names: Vec<_> = KNOWN_SUFFIXES[..len]
+                .iter()
+                .map(|(s, _)| s.trim_start_matches('_'))
+                .collect();
             let o = opts(2 * len as u64, &names.join(","), 0.5);
             let mut pairs = std::collections::HashSet::new();
             for i in 0..o.subscriptions {

@@ -33,16 +33,25 @@ pub async fn simulator(env: &TestEnv, latency_ms: u64) -> Sim {
 }
 
 impl Sim {
-    /// `key → (status, times charged)` from `GET /__sim/charges`.
+    /// The simulator's ledger (`GET /__sim/charges`, filtered by `?key=` when given): one row
+    /// per charge request, oldest first.
+    async fn ledger(&self, key: Option<&str>) -> Vec<Value> {
+        let mut request = reqwest::Client::new().get(format!("{}/__sim/charges", self.url));
+        if let Some(key) = key {
+            request = request.query(&[("key", key)]);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// `key → (current status of the last charge made, charges made)`: only the requests
+    /// that created a charge (`charged: true`) count; replays, 500s and 429s do not. The
+    /// status is `paid`, `failed` or `pending` (a `pending<N>` charge not settled yet).
     pub async fn charges(&self) -> HashMap<String, (String, usize)> {
-        let list: Vec<Value> = reqwest::get(format!("{}/__sim/charges", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
         let mut out: HashMap<String, (String, usize)> = HashMap::new();
-        for c in list {
+        for c in self.ledger(None).await {
+            if c["charged"] != Value::Bool(true) {
+                continue;
+            }
             let key = c["key"].as_str().unwrap().to_owned();
             let status = c["status"].as_str().unwrap().to_owned();
             let e = out.entry(key).or_insert((status.clone(), 0));
@@ -50,6 +59,17 @@ impl Sim {
             e.1 += 1;
         }
         out
+    }
+
+    /// Charge requests the simulator received for `key`, whatever they were answered
+    /// (replays and scripted errors included).
+    pub async fn calls(&self, key: &str) -> usize {
+        self.ledger(Some(key)).await.len()
+    }
+
+    /// Charge requests the simulator received, all keys.
+    pub async fn calls_total(&self) -> usize {
+        self.ledger(None).await.len()
     }
 }
 
