@@ -204,6 +204,22 @@ async fn pagarme_5xx_to_a_charge_is_unknown() {
 }
 
 #[tokio::test]
+async fn pagarme_a_lookup_that_times_out_is_retryable() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/core/v5/orders"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "data": [] }))
+                .set_delay(TIMEOUT * 4),
+        )
+        .mount(&server)
+        .await;
+    let err = pagarme(&server).find_orders_by_code(KEY).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test]
 async fn pagarme_5xx_to_a_lookup_is_retryable() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))

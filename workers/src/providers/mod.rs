@@ -158,19 +158,26 @@ async fn send_json<T: DeserializeOwned>(
     request: RequestBuilder,
     effect: Effect,
 ) -> Result<T, ProviderError> {
-    let response = request.send().await.map_err(classify_transport)?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| classify_transport(e, effect))?;
     let status = response.status();
     if !status.is_success() {
         return Err(classify_status(response, effect).await);
     }
-    let body = response.bytes().await.map_err(classify_transport)?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| classify_transport(e, effect))?;
     serde_json::from_slice(&body).map_err(|e| ProviderError::invalid_response(status, e))
 }
 
 /// A request that produced no response. A connect error means nothing was sent
 /// (retryable); anything later — a timeout, a reset, a broken body — may come after the
-/// provider acted on the request (unknown).
-fn classify_transport(err: reqwest::Error) -> ProviderError {
+/// provider acted on the request: unknown for a charge, retryable for a request whose
+/// repeat is harmless.
+fn classify_transport(err: reqwest::Error, effect: Effect) -> ProviderError {
     // Strip the URL: it is ours, and keeps query strings out of error messages.
     let err = err.without_url();
     if err.is_builder() {
@@ -183,6 +190,12 @@ fn classify_transport(err: reqwest::Error) -> ProviderError {
             status: None,
             retry_after: None,
             message: format!("connecting: {err}"),
+        }
+    } else if effect == Effect::Repeatable {
+        ProviderError::Retryable {
+            status: None,
+            retry_after: None,
+            message: format!("no answer: {err:#}"),
         }
     } else if err.is_timeout() {
         ProviderError::Unknown {
