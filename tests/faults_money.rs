@@ -426,9 +426,9 @@ async fn case_13_provider_error_storms() {
             }
             // Pagar.me: the 500's outcome is unknown; lookups show nothing, and after
             // `resend_after` the request is repeated under its Idempotency-Key and pays.
+            // The waits in between are snoozes, which spend no attempt.
             "500once" => {
-                assert_eq!(status, "succeeded", "{card}");
-                assert!(*attempts >= 2, "{card}: {attempts}");
+                assert_eq!((status.as_str(), *attempts), ("succeeded", 1), "{card}")
             }
             other => panic!("unexpected card {other}"),
         }

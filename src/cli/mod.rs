@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_due;
+mod billing;
 mod demo;
 mod dev;
 mod dlq;
@@ -124,6 +125,8 @@ pub enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// List what is due now and why, publishing nothing (dry run of the scanner).
     Due(due::DueArgs),
+    /// Money to look at by hand: duplicate charges to refund, charges of unknown outcome.
+    Billing(billing::BillingArgs),
     /// Serve the Pagar.me/Appmax simulator (scripted outcomes by card suffix).
     ProviderSim(provider_sim::ProviderSimArgs),
     /// Publish a job (or N copies) with publisher confirms, now or after a delay.
@@ -171,6 +174,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(&g, a).await,
         Command::Schemas(a) => schemas::run(a),
         Command::Dlq(a) => dlq::run(&g, a).await,
+        Command::Billing(a) => billing::run(&g, a).await,
         Command::Status(a) => status::run(&g, a).await,
     }
 }

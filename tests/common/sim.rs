@@ -95,6 +95,24 @@ pub fn renewal_worker_with(
     prefetch: &str,
     extra: &[(&str, &str)],
 ) -> Worker {
+    billing_worker(
+        env,
+        sim,
+        "renewals.pagarme,renewals.appmax",
+        prefetch,
+        extra,
+    )
+}
+
+/// A worker on `queues` (comma-separated) with both providers pointed at the simulator (a
+/// 1 s provider timeout unless `extra` says otherwise).
+pub fn billing_worker(
+    env: &TestEnv,
+    sim: &Sim,
+    queues: &str,
+    prefetch: &str,
+    extra: &[(&str, &str)],
+) -> Worker {
     let mut envs = vec![
         ("WARREN_PAGARME_BASE_URL", sim.url.as_str()),
         ("WARREN_PAGARME_SECRET_KEY", "sk_test_warren"),
@@ -103,13 +121,7 @@ pub fn renewal_worker_with(
     ];
     envs.extend_from_slice(extra);
     env.spawn(
-        &[
-            "worker",
-            "--queue",
-            "renewals.pagarme,renewals.appmax",
-            "--prefetch",
-            prefetch,
-        ],
+        &["worker", "--queue", queues, "--prefetch", prefetch],
         &envs,
     )
 }

@@ -328,6 +328,9 @@ async fn process(
             return Ok(Outcome::Succeeded);
         }
         Err(Failure::Task(TaskError::Snooze { after, reason })) => {
+            // Not an attempt: the ledger's count stays what it was (unless a long run was
+            // already counted by its running mark).
+            ran.delta = 0;
             let tier = crate::retry::tier_for_delay(after, s.topology.tiers());
             return delay(s, job, &ran, tier, attempt, &reason).await;
         }
