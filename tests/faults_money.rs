@@ -426,9 +426,11 @@ async fn case_13_provider_error_storms() {
             }
             // Pagar.me: the 500's outcome is unknown; lookups show nothing, and after
             // `resend_after` the request is repeated under its Idempotency-Key and pays.
-            // The waits in between are snoozes, which spend no attempt.
+            // The waits in between are snoozes, which spend no attempt (a snoozed run past
+            // 200 ms is counted by its running mark, hence at most 2).
             "500once" => {
-                assert_eq!((status.as_str(), *attempts), ("succeeded", 1), "{card}")
+                assert_eq!(status, "succeeded", "{card}");
+                assert!((1..=2).contains(attempts), "{card}: {attempts}");
             }
             other => panic!("unexpected card {other}"),
         }

@@ -380,37 +380,35 @@ pub async fn dlq_depth(env: &TestEnv) -> i64 {
     n
 }
 
-/// Asserts that every subscription ended in the state its card suffix implies (one dunning
-/// step for `_decline`; see [`ends_unknown`]); returns how many subscriptions each (provider, suffix) pair had.
+/// Whether a subscription ended in the state its card suffix implies (one dunning step for
+/// `_decline`; see [`ends_unknown`]).
+pub fn in_card_state(o: &Outcome) -> bool {
+    if ends_unknown(&o.provider, suffix(&o.card)) {
+        return o.status == "ACTIVE" && !o.advanced && o.paid == 0 && o.rows == 1;
+    }
+    match suffix(&o.card) {
+        "ok" | "500once" | "429" | "timeout" | "slow" => {
+            o.status == "ACTIVE" && o.advanced && o.paid == 1 && o.rows == 1
+        }
+        "decline" => {
+            o.status == "PAST_DUE"
+                && !o.advanced
+                && o.dunning_attempt == 1
+                && o.failed == 1
+                && o.rows == 1
+        }
+        other => panic!("unexpected card suffix {other}"),
+    }
+}
+
+/// Asserts that every subscription ended in the state its card suffix implies
+/// ([`in_card_state`]); returns how many subscriptions each (provider, suffix) pair had.
 pub async fn assert_card_states(env: &TestEnv) -> HashMap<(String, String), usize> {
     let mut per: HashMap<(String, String), usize> = HashMap::new();
     for o in &outcomes(env).await {
         *per.entry((o.provider.clone(), suffix(&o.card).to_owned()))
             .or_default() += 1;
-        if ends_unknown(&o.provider, suffix(&o.card)) {
-            assert!(
-                o.status == "ACTIVE" && !o.advanced && o.paid == 0 && o.rows == 1,
-                "{o:?}"
-            );
-            continue;
-        }
-        match suffix(&o.card) {
-            "ok" | "500once" | "429" | "timeout" | "slow" => {
-                assert!(
-                    o.status == "ACTIVE" && o.advanced && o.paid == 1 && o.rows == 1,
-                    "{o:?}"
-                )
-            }
-            "decline" => assert!(
-                o.status == "PAST_DUE"
-                    && !o.advanced
-                    && o.dunning_attempt == 1
-                    && o.failed == 1
-                    && o.rows == 1,
-                "{o:?}"
-            ),
-            other => panic!("unexpected card suffix {other}"),
-        }
+        assert!(in_card_state(o), "{o:?}");
     }
     per
 }
