@@ -29,15 +29,6 @@ fn config() -> String {
 
 const T: Duration = Duration::from_secs(90);
 
-/// The `payment_transactions` status of `key`, if it has a row.
-async fn row_status(env: &TestEnv, key: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM payment_transactions WHERE idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap()
-}
-
 /// Charge requests recorded for `key` (the intent written before each is sent).
 async fn recorded_requests(env: &TestEnv, key: &str) -> i32 {
     sqlx::query_scalar::<_, i32>(
@@ -81,29 +72,7 @@ fn signal(w: &Worker, signal: &str) {
     assert!(ok, "kill -{signal}");
 }
 
-/// One test per provider for each case.
-macro_rules! for_both_providers {
-    ($($case:ident),* $(,)?) => {
-        mod pagarme {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $case() {
-                    super::$case("PAGARME").await
-                }
-            )*
-        }
-        mod appmax {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $case() {
-                    super::$case("APPMAX").await
-                }
-            )*
-        }
-    };
-}
-
-for_both_providers!(
+crate::for_both_providers!(
     case_01_kill9_after_provider_charged_before_commit,
     case_02_kill9_before_provider_call,
     case_12_commit_fails_after_provider_charged,

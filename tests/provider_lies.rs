@@ -31,42 +31,13 @@ fn impatient() -> String {
     format!("{PATIENT}{BILLING}")
 }
 
-macro_rules! for_both_providers {
-    ($($case:ident),* $(,)?) => {
-        mod pagarme {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $case() {
-                    super::$case("PAGARME").await
-                }
-            )*
-        }
-        mod appmax {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $case() {
-                    super::$case("APPMAX").await
-                }
-            )*
-        }
-    };
-}
-
-for_both_providers!(
+crate::for_both_providers!(
     charged_then_502_with_a_lagging_lookup_charges_each_renewal_once,
     pending_past_the_bound_is_dead_lettered_then_replayed_once_settled,
 );
 
 async fn count(env: &TestEnv, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&env.pool).await.unwrap()
-}
-
-async fn row_status(env: &TestEnv, key: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM payment_transactions WHERE idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap()
 }
 
 async fn metadata(env: &TestEnv, sub: Uuid) -> Value {

@@ -22,7 +22,7 @@ pub struct DevArgs {
     #[arg(long, env = "WARREN_DEV_SEED", default_value_t = 0, value_name = "N")]
     pub seed: u64,
     /// Outcome mix of the seeded subscriptions' cards.
-    #[arg(long, env = "WARREN_DEV_SEED_MIX", default_value = "ok=8,decline=1,500once=1",
+    #[arg(long, env = "WARREN_DEV_SEED_MIX", default_value = "ok=8,decline=1,429=1",
           value_parser = |s: &str| s.parse::<super::demo::Mix>())]
     pub seed_mix: super::demo::Mix,
 }
@@ -110,6 +110,8 @@ struct Summary {
     published: i64,
     renewed: i64,
     declined: i64,
+    /// Charges sent whose outcome the provider has not shown yet (looked up again).
+    waiting: i64,
     dead_lettered: i64,
 }
 
@@ -122,6 +124,7 @@ const SUMMARY_SQL: &str = "SELECT
     (SELECT count(*) FROM renewal_enqueues) AS published,
     (SELECT count(*) FROM payment_transactions WHERE status = 'paid') AS renewed,
     (SELECT count(*) FROM payment_transactions WHERE status = 'failed') AS declined,
+    (SELECT count(*) FROM payment_transactions WHERE status = 'unknown') AS waiting,
     (SELECT count(*) FROM job_runs WHERE status = 'dead_lettered') AS dead_lettered";
 
 /// Prints a one-line summary on stderr every few seconds when something changed.
@@ -144,8 +147,8 @@ async fn summary_lines(
         {
             Ok(s) if last != Some(s) => {
                 eprintln!(
-                    "warren dev: due {} · published {} · renewed {} · declined {} · dead-lettered {}",
-                    s.due, s.published, s.renewed, s.declined, s.dead_lettered
+                    "warren dev: due {} · published {} · renewed {} · declined {} · waiting {} · dead-lettered {}",
+                    s.due, s.published, s.renewed, s.declined, s.waiting, s.dead_lettered
                 );
                 last = Some(s);
             }

@@ -73,6 +73,40 @@ impl Sim {
     }
 }
 
+/// One `#[tokio::test]` per provider for each `async fn case(provider: &str)` named: modules
+/// `pagarme` and `appmax` of the calling test file, each test calling `case("PAGARME")` or
+/// `case("APPMAX")`.
+#[macro_export]
+macro_rules! for_both_providers {
+    ($($case:ident),* $(,)?) => {
+        mod pagarme {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    super::$case("PAGARME").await
+                }
+            )*
+        }
+        mod appmax {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    super::$case("APPMAX").await
+                }
+            )*
+        }
+    };
+}
+
+/// The `payment_transactions` status of `key`, if it has a row.
+pub async fn row_status(env: &TestEnv, key: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM payment_transactions WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+}
+
 /// A worker on both renewal queues, pointed at the simulator, with a 1 s provider timeout
 /// and `rate` requests per second per provider.
 pub fn renewal_worker(env: &TestEnv, sim: &Sim, rate: &str) -> Worker {
