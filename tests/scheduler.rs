@@ -354,9 +354,11 @@ async fn overlap_skip_records_skipped_ticks_while_a_run_is_unfinished() {
     env.cleanup().await;
 }
 
-/// The built-in cron tasks: stale pending payments fail; old finished job rows are pruned.
+/// The built-in cron tasks: old finished job rows are pruned; the stale-payment sweep never
+/// relabels a row it cannot ask a provider about (this worker has no provider client; the
+/// sweep's provider answers are tested in `provider_lies`).
 #[tokio::test(flavor = "multi_thread")]
-async fn builtin_cron_tasks_fail_stale_payments_and_prune_job_runs() {
+async fn builtin_cron_tasks_sweep_stale_payments_and_prune_job_runs() {
     let env = TestEnv::new(FAST_CONFIG).await;
     for (key, age) in [("old", "3 hours"), ("new", "10 minutes")] {
         sqlx::query(&format!(
@@ -403,8 +405,19 @@ async fn builtin_cron_tasks_fail_stale_payments_and_prune_job_runs() {
     .unwrap();
     assert_eq!(statuses[0].0, "new");
     assert_eq!(statuses[0].1, "pending");
-    assert_eq!(statuses[1].1, "failed");
-    assert!(statuses[1].2.as_deref().unwrap().contains("stale"));
+    assert_eq!(
+        (statuses[1].0.as_str(), statuses[1].1.as_str()),
+        ("old", "pending")
+    );
+    let left = metric(
+        &w.metrics().await,
+        "warren_stale_payments_total",
+        &["outcome=\"left\""],
+    );
+    assert_eq!(
+        left, 1.0,
+        "the stale row is counted as left; the recent one is not stale"
+    );
     assert!(env.job("ancient").await.is_none(), "old row not pruned");
     assert!(env.job("recent").await.is_some(), "recent row pruned");
     let bad = env

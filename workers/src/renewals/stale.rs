@@ -56,9 +56,9 @@ impl FailStalePayments {
 #[derive(sqlx::FromRow)]
 struct Stale {
     idempotency_key: String,
-    subscription_id: Uuid,
+    subscription_id: Option<Uuid>,
     provider: String,
-    period_end: DateTime<Utc>,
+    period_end: Option<DateTime<Utc>>,
     attempt: i16,
     provider_order_id: Option<String>,
 }
@@ -95,7 +95,6 @@ impl Task for FailStalePayments {
               WHERE status IN ('pending', 'unknown')
                 AND created_at < now() - make_interval(secs => $1)
                 AND (charging_until IS NULL OR charging_until < now())
-                AND subscription_id IS NOT NULL AND period_end IS NOT NULL
               ORDER BY created_at
               LIMIT $2",
         )
@@ -140,7 +139,14 @@ async fn reconcile<P: Provider>(
         return Ok(Reconciled::Left);
     };
     let db = &ctx.db;
-    let Some(sub) = load(db, row.subscription_id).await.map_err(db_err)? else {
+    let (Some(sub_id), Some(period_end)) = (row.subscription_id, row.period_end) else {
+        tracing::warn!(
+            key,
+            "stale payment left: it names no subscription period to reconcile"
+        );
+        return Ok(Reconciled::Left);
+    };
+    let Some(sub) = load(db, sub_id).await.map_err(db_err)? else {
         return Ok(Reconciled::Left);
     };
     let (Ok(interval), Ok(prepared)) = (
@@ -156,7 +162,7 @@ async fn reconcile<P: Provider>(
     let attempt = u16::try_from(row.attempt).unwrap_or(1);
     let ev = record::Event {
         sub: sub.id,
-        period_end: row.period_end,
+        period_end,
         attempt,
         key,
         job_id: &ctx.job_id,
