@@ -803,3 +803,88 @@ async fn oversized_bodies_are_refused_and_dead_lettered() {
     drop(w);
     env.cleanup().await;
 }
+
+/// The broker-side pid of `worker`'s AMQP connection (what `rabbitmqctl close_connection`
+/// takes), found by the worker's local port.
+async fn broker_connection_of(worker: &Worker) -> String {
+    let pid = worker.child.id().to_string();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let ss = std::process::Command::new("ss")
+            .args(["-tnpH", "state", "established", "( dport = :5672 )"])
+            .output()
+            .expect("ss runs");
+        let ports: Vec<String> = String::from_utf8_lossy(&ss.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("pid={pid},")))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(2)?
+                    .rsplit(':')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect();
+        let list = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "peer_port"])
+            .output()
+            .expect("rabbitmqctl runs");
+        let text = String::from_utf8_lossy(&list.stdout).into_owned();
+        if let Some(line) = text.lines().find(|l| {
+            l.split('\t')
+                .nth(1)
+                .is_some_and(|p| ports.iter().any(|q| q == p.trim()))
+        }) {
+            return line.split('\t').next().unwrap().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no broker connection for worker pid {pid} (ports {ports:?}):\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A broker that keeps dropping a healthy worker's connection (here six times in a row,
+/// each once the worker consumes again) is rejoined within a second each time: the
+/// reconnect backoff starts over once a connection got as far as consuming, instead of
+/// doubling across drops (which left a worker waiting 8 s and more while the broker was
+/// fine).
+#[tokio::test(flavor = "multi_thread")]
+async fn reconnect_backoff_resets_once_a_connection_is_healthy() {
+    let env = TestEnv::new("").await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let reconnects = |text: String| metric(&text, "warren_broker_reconnects_total", &[]);
+    for n in 1..=6 {
+        let conn = broker_connection_of(&w).await;
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                &conn,
+                "warren test: flapping connection",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let closed = std::time::Instant::now();
+        eventually(T, "the worker reconnected", || async {
+            reconnects(w.metrics().await) >= n as f64
+        })
+        .await;
+        w.wait_ready(T).await;
+        let took = closed.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "reconnect {n} took {took:?} after the broker dropped a healthy connection"
+        );
+    }
+    // Still working.
+    let id = env
+        .publish_json("demo.noop", json!({}), &common::id())
+        .await;
+    env.wait_status(&id, "succeeded", T).await;
+    drop(w);
+    env.cleanup().await;
+}

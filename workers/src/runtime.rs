@@ -22,7 +22,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -147,7 +147,7 @@ impl Worker {
             if shutdown.is_cancelled() {
                 break Ok(None);
             }
-            let started = Instant::now();
+            let consuming_before = sessions;
             let r = self
                 .session(&ledger, &tracker, &shutdown, &mut sessions)
                 .await;
@@ -159,7 +159,11 @@ impl Worker {
                 Ok(conn) => break Ok(Some(conn)),
                 Err(e) if !e.is_retryable() => break Err(e),
                 Err(e) => {
-                    if started.elapsed() > Duration::from_secs(30) {
+                    // A session that got as far as consuming was a healthy connection: the
+                    // next reconnect starts from the shortest wait again, so a broker that
+                    // drops connections now and then is rejoined at once, not after a wait
+                    // grown by earlier drops. Only failures to get that far back off.
+                    if sessions > consuming_before {
                         backoff = Duration::from_millis(250);
                     }
                     tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting");
