@@ -415,3 +415,92 @@ async fn case_18_mixed_retry_delays_across_broker_restart() {
     drop(w);
     env.cleanup().await;
 }
+
+/// RabbitMQ's memory high watermark set for a test (an alarm at once with a tiny value),
+/// put back when dropped, also when an assertion fails.
+struct MemoryAlarm {
+    previous: String,
+}
+
+impl MemoryAlarm {
+    fn raise() -> Self {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "eval",
+                "vm_memory_monitor:get_vm_memory_high_watermark().",
+            ])
+            .output()
+            .expect("rabbitmqctl");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let previous = stdout(&out).trim().to_owned();
+        sh("rabbitmqctl -q set_vm_memory_high_watermark 0.0001");
+        Self { previous }
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        sh(&format!(
+            "rabbitmqctl -q eval 'vm_memory_monitor:set_vm_memory_high_watermark({}).'",
+            self.previous
+        ));
+    }
+}
+
+/// A memory alarm blocks publishing: a worker whose retry publish is blocked reports it on
+/// `/readyz` (`"flow": false`, 503) and in `warren_broker_blocked` within seconds, instead of
+/// holding its deliveries silently; when the alarm clears it is ready again and the job
+/// finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_alarm_shows_on_readiness_and_clears() {
+    let _exclusive = SERIAL.write().await;
+    let env = TestEnv::new("[retry]\ntiers = [\"1s\"]\n").await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    // Fails for 15 s, retried every second: the worker keeps publishing retries.
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(15)).to_rfc3339();
+    let job = id();
+    let props = lapin::BasicProperties::default()
+        .with_message_id(job.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers({
+            let mut h = lapin::types::FieldTable::default();
+            warren_core::envelope::set_int(&mut h, "x-max-attempts", 60);
+            h
+        });
+    let body = json!({ "mode": "retryable", "until": until }).to_string();
+    env.publish("demo.fail", body.as_bytes(), props).await;
+    eventually(T, "the job retrying", || async {
+        env.job(&job).await.is_some_and(|j| j.attempts >= 2)
+    })
+    .await;
+    let alarm = MemoryAlarm::raise();
+    let raised = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "readiness reports the block",
+        || async { matches!(w.readyz().await, Some((503, body)) if body["flow"] == json!(false)) },
+    )
+    .await;
+    eprintln!("blocked reported {:?} after the alarm", raised.elapsed());
+    assert!(
+        raised.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        raised.elapsed()
+    );
+    assert_eq!(
+        metric(&w.metrics().await, "warren_broker_blocked", &[]),
+        1.0
+    );
+    drop(alarm);
+    w.wait_ready(T).await;
+    assert_eq!(
+        metric(&w.metrics().await, "warren_broker_blocked", &[]),
+        0.0
+    );
+    env.wait_status(&job, "succeeded", T).await;
+    drop(w);
+    env.cleanup().await;
+}

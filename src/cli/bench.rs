@@ -192,7 +192,7 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         publish(&producer, &job, &run_id, round, "runtime", a.jobs).await?;
         let before = succeeded(&metrics.render());
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let health = telemetry::Health::new(&["broker", "database"]);
+        let health = telemetry::Health::new(&warren_workers::HEALTH_CHECKS);
         let worker = Worker::new(
             a.tuning
                 .config(&g.amqp_url, vec!["default".into()], g.max_body),

@@ -79,7 +79,7 @@ pub async fn run(g: &Global, mut a: DevArgs) -> anyhow::Result<()> {
         .iter()
         .map(|q| q.name.clone())
         .collect();
-    let health = telemetry::Health::new(&["broker", "database"]);
+    let health = telemetry::Health::new(&warren_workers::HEALTH_CHECKS);
     let metrics = telemetry::serve(g.metrics_addr, health.clone()).await?;
     let shutdown = super::shutdown_on_signals();
     let pool = warren_core::db::lazy_pool(&g.database_url, 1)?;

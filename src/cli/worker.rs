@@ -185,7 +185,7 @@ impl Tuning {
 }
 
 pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
-    let health = telemetry::Health::new(&["broker", "database"]);
+    let health = telemetry::Health::new(&warren_workers::HEALTH_CHECKS);
     telemetry::serve(g.metrics_addr, health.clone()).await?;
     start(g, a, health, super::shutdown_on_signals()).await
 }

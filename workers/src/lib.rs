@@ -48,5 +48,5 @@ pub mod task;
 pub use error::{ResultExt, TaskError};
 pub use registry::{DuplicateTask, Registry};
 pub use retry::RetryPolicy;
-pub use runtime::{Worker, WorkerConfig, WorkerError};
+pub use runtime::{Worker, WorkerConfig, WorkerError, HEALTH_CHECKS};
 pub use task::{JobContext, Task};

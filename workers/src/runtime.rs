@@ -77,6 +77,12 @@ impl WorkerError {
     }
 }
 
+/// The readiness checks a worker reports (`/readyz`): `broker` (connected and consuming),
+/// `database` (the ledger reaches PostgreSQL), `flow` (RabbitMQ is not blocking this
+/// connection's publishes: a memory or disk alarm stops retries and dead letters, so the
+/// worker holds its deliveries meanwhile). Build the worker's [`Health`] with these.
+pub const HEALTH_CHECKS: [&str; 3] = ["broker", "database", "flow"];
+
 /// A worker process's runtime.
 pub struct Worker {
     cfg: WorkerConfig,
@@ -247,7 +253,9 @@ impl Worker {
             metrics::counter!(names::BROKER_RECONNECTS).increment(1);
         }
         self.health.set("broker", true);
+        self.health.set("flow", true);
         metrics::gauge!(names::BROKER_CONNECTED).set(1.0);
+        metrics::gauge!(names::BROKER_BLOCKED).set(0.0);
         tracing::info!(
             queues = ?self.queues.iter().map(|q| self.topology.queue_name(&q.name)).collect::<Vec<_>>(),
             prefetch = self.cfg.prefetch,
@@ -301,6 +309,16 @@ impl Worker {
                 }
                 ev = events.next() => match ev {
                     Some(lapin::Event::Error(e)) => break Err(WorkerError::Connection(e.to_string())),
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(%reason, "RabbitMQ blocks this connection's publishes (resource alarm): retries and dead letters wait; not ready");
+                        self.health.set("flow", false);
+                        metrics::gauge!(names::BROKER_BLOCKED).set(1.0);
+                    }
+                    Some(lapin::Event::ConnectionUnblocked) => {
+                        tracing::info!("RabbitMQ unblocked this connection");
+                        self.health.set("flow", true);
+                        metrics::gauge!(names::BROKER_BLOCKED).set(0.0);
+                    }
                     Some(_) => {}
                     None => break Err(WorkerError::Connection("connection closed".into())),
                 },

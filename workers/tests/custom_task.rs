@@ -94,7 +94,7 @@ async fn user_task_times_out_retries_and_dead_letters_as_timeout() {
         .await
         .unwrap();
 
-    let health = Health::new(&["broker", "database"]);
+    let health = Health::new(&warren_workers::HEALTH_CHECKS);
     let worker = Worker::new(
         WorkerConfig {
             amqp_url: AMQP.into(),
