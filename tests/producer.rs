@@ -275,3 +275,70 @@ async fn publish_count_survives_a_closed_connection() {
     let _ = std::fs::remove_file(&log);
     env.cleanup().await;
 }
+
+/// The retry deadline counts from the connection loss, not from the start of the batch: a
+/// batch that has been publishing longer than its deadline and then loses its connection
+/// reconnects and completes, instead of giving up at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_retry_deadline_counts_from_the_loss() {
+    const N: usize = 150_000;
+    const DEADLINE: Duration = Duration::from_secs(1);
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let role: &'static str = Box::leak(format!("producer-late-{}", env.ns).into_boxed_str());
+    let file = FileConfig::load(Some(&env.config_path)).unwrap();
+    let topology = Topology::new(&env.ns, &file).unwrap();
+    let broker = Arc::new(SharedBroker::new(
+        AMQP_URL.into(),
+        role,
+        topology,
+        Health::new(&["broker"]),
+    ));
+    broker.link().await.expect("connects");
+    let pid = connection_named(&format!("warren-{role}@")).await;
+    let confirmed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<usize>();
+    let mut cut_tx = Some(cut_tx);
+    let started = std::time::Instant::now();
+    let publisher = {
+        let (broker, confirmed) = (broker.clone(), confirmed.clone());
+        tokio::spawn(async move {
+            let jobs = (0..N).map(|i| {
+                let body = serde_json::to_vec(&serde_json::json!({ "n": i })).unwrap();
+                (body, PublishOptions::default())
+            });
+            let policy = RetryPolicy {
+                deadline: DEADLINE,
+                ..RetryPolicy::default()
+            };
+            broker
+                .publish_many("demo.noop", jobs, 256, &policy, |_| {
+                    let n = confirmed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    // Cut once the batch has run twice as long as its deadline.
+                    if started.elapsed() >= DEADLINE * 2 {
+                        if let Some(tx) = cut_tx.take() {
+                            let _ = tx.send(n);
+                        }
+                    }
+                })
+                .await
+        })
+    };
+    let at = cut_rx
+        .await
+        .expect("the batch ran past twice its deadline (raise N)");
+    tokio::task::spawn_blocking(move || close_connection(&pid))
+        .await
+        .unwrap();
+    let report = publisher.await.unwrap().unwrap_or_else(|e| {
+        panic!("the batch must reconnect and complete (the deadline counts from the loss): {e}")
+    });
+    eprintln!(
+        "cut after {at} confirms and {:?}; {} retried round(s)",
+        DEADLINE * 2,
+        report.retries
+    );
+    assert!(at < N, "the batch finished before the cut (raise N)");
+    assert!(report.retries >= 1, "no reconnect happened: {report:?}");
+    assert_eq!(report.ids.len(), N);
+    env.cleanup().await;
+}

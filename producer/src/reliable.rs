@@ -11,7 +11,8 @@
 //! classified where they arise ([`PublishError::is_retryable`]): an unroutable task, a payload
 //! that is not JSON or a delay no tier holds fails the batch at once
 //! ([`BatchError::Permanent`]); a broker that stays unreachable fails it at the policy's
-//! deadline ([`BatchError::GaveUp`], naming the ids still unconfirmed).
+//! deadline, counted from the loss ([`BatchError::GaveUp`], naming the ids still
+//! unconfirmed).
 
 use crate::broker::SharedBroker;
 use crate::{Producer, PublishError, PublishOptions};
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 /// How long and how patiently a publish is retried.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Give up when jobs are still unconfirmed this long after the publish began.
+    /// Give up when jobs are still unconfirmed this long after the connection was lost:
+    /// counted from the first failure after the last confirm, so a long batch that loses its
+    /// connection late gets the whole deadline to reconnect.
     pub deadline: Duration,
     /// Pause before the first reconnect; it doubles after each failed round up to
     /// `max_backoff`.
@@ -129,7 +132,8 @@ impl SharedBroker {
         policy: &RetryPolicy,
         mut confirmed: impl FnMut(&str),
     ) -> Result<BatchReport, BatchError> {
-        let started = Instant::now();
+        // When the current loss began: the first failed round after the last confirm.
+        let mut lost_at: Option<Instant> = None;
         // Ids are fixed here, once: every try of a job carries the same message_id.
         let jobs: Vec<Job> = jobs
             .into_iter()
@@ -151,6 +155,7 @@ impl SharedBroker {
         let mut retries = 0;
         let mut backoff = policy.backoff;
         loop {
+            let confirmed_before = done.iter().filter(|d| **d).count();
             let last = match self.link().await {
                 Ok(link) => {
                     let todo: Vec<usize> = (0..total).filter(|&i| !done[i]).collect();
@@ -200,7 +205,13 @@ impl SharedBroker {
                 Err(unavailable) => unavailable.to_string(),
             };
             retries += 1;
-            let elapsed = started.elapsed();
+            if lost_at.is_none() || done.iter().filter(|d| **d).count() > confirmed_before {
+                // A new loss: this round confirmed jobs before it failed (or nothing failed
+                // before), so the link was healthy until now.
+                lost_at = Some(Instant::now());
+                backoff = policy.backoff;
+            }
+            let elapsed = lost_at.map(|t| t.elapsed()).unwrap_or_default();
             if elapsed >= policy.deadline {
                 return Err(BatchError::GaveUp {
                     unconfirmed: (0..total)

@@ -51,8 +51,9 @@ pub struct PublishArgs {
     /// Run no sooner than this instant (RFC 3339, e.g. 2026-12-01T09:00:00Z); as --delay.
     #[arg(long, env = "WARREN_RUN_AT")]
     pub run_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Keep trying this long when RabbitMQ is unreachable or the connection drops: jobs not
-    /// yet confirmed are published again with the same ids; confirmed ones never are.
+    /// Keep trying this long after RabbitMQ became unreachable or the connection dropped
+    /// (counted from the loss, not from the start): jobs not yet confirmed are published
+    /// again with the same ids; confirmed ones never are.
     #[arg(long, env = "WARREN_PUBLISH_RETRY_FOR", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub retry_for: Duration,
