@@ -888,3 +888,55 @@ async fn reconnect_backoff_resets_once_a_connection_is_healthy() {
     drop(w);
     env.cleanup().await;
 }
+
+/// `warren publish --count N --ids-out FILE` writes the ids before publishing; a run sent
+/// again with `--ids-from FILE` publishes the same ids, which workers ack as duplicates: a
+/// batch that failed half-way can be re-sent without running any job twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_ids_out_and_ids_from_resend_a_batch_under_the_same_ids() {
+    let env = TestEnv::new("").await;
+    let file = std::env::temp_dir().join(format!("{}-ids.txt", env.ns));
+    let path = file.to_str().unwrap();
+    let out = env.run(&["publish", "demo.noop", "--count", "40", "--ids-out", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 40);
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        40
+    );
+    let w = env.worker(&["--queue", "default"]);
+    eventually(T, "every job succeeded", || async {
+        env.count_status("succeeded").await == 40
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(env.job(id).await.unwrap().status, "succeeded", "{id}");
+    }
+    let again = env.run(&["publish", "demo.noop", "--ids-from", path]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    eventually(T, "the re-sent copies acked as duplicates", || async {
+        metric(
+            &w.metrics().await,
+            "warren_jobs_processed_total",
+            &["outcome=\"duplicate\""],
+        ) == 40.0
+    })
+    .await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 40);
+    // Refused combinations name the flags.
+    let both = env.run(&["publish", "demo.noop", "--ids-from", path, "--count", "3"]);
+    assert!(!both.status.success());
+    assert!(stderr(&both).contains("--count"), "{}", stderr(&both));
+    let _ = std::fs::remove_file(&file);
+    drop(w);
+    env.cleanup().await;
+}

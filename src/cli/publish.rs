@@ -41,6 +41,15 @@ pub struct PublishArgs {
     #[arg(long, env = "WARREN_PUBLISH_COUNT", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
+    /// With --count: write the job ids to this file, one per line, before publishing, so a
+    /// run that fails half-way can be sent again under the same ids (--ids-from); a worker
+    /// runs each id once.
+    #[arg(long, env = "WARREN_PUBLISH_IDS_OUT", conflicts_with = "ids_from")]
+    pub ids_out: Option<PathBuf>,
+    /// Publish one copy per job id in this file (one per line, as --ids-out writes them):
+    /// sends a failed run again; ids that already succeeded are acked as duplicates.
+    #[arg(long, env = "WARREN_PUBLISH_IDS_FROM", conflicts_with_all = ["id", "count"])]
+    pub ids_from: Option<PathBuf>,
     /// Run no sooner than this from now ("3s", "2h"). Up to the longest delay tier (1h by
     /// default) the job waits in that tier on the broker; longer delays are written to the
     /// outbox (warren_outbox.run_at, in PostgreSQL) and published when due by a relay
@@ -121,7 +130,8 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
             warren_core::config::redact_url(&g.amqp_url)
         )
     };
-    if a.count == 1 {
+    let ids = batch_ids(&a)?;
+    if ids.is_none() && a.count == 1 {
         let id = broker
             .publish(&a.task, &payload, &opts, &policy)
             .await
@@ -130,9 +140,18 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
     } else {
         let started = Instant::now();
         let mut last = Instant::now();
-        let total = a.count;
+        let ids = ids.unwrap_or_default();
+        let total = if ids.is_empty() {
+            a.count
+        } else {
+            ids.len() as u64
+        };
         let mut done = 0u64;
-        let bodies = (0..total).map(|_| (body.clone(), opts.clone()));
+        let bodies = (0..total as usize).map(|i| {
+            let mut o = opts.clone();
+            o.id = ids.get(i).cloned();
+            (body.clone(), o)
+        });
         let report = broker
             .publish_many(&a.task, bodies, 512, &policy, |_| {
                 done += 1;
@@ -143,7 +162,16 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
                 }
             })
             .await
-            .with_context(what)?;
+            .with_context(what)
+            .with_context(|| match &a.ids_out {
+                Some(path) => format!(
+                    "the job ids are in {0}: `warren publish {1} --ids-from {0}` sends the batch                      again under the same ids (a worker runs each id once)",
+                    path.display(),
+                    a.task
+                ),
+                None => "pass --ids-out FILE to be able to send a batch again under the same                          ids"
+                    .into(),
+            })?;
         let secs = started.elapsed().as_secs_f64();
         if report.retries > 0 {
             eprintln!(
@@ -164,6 +192,35 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ids of a batch: read from --ids-from, or generated and written to --ids-out before
+/// anything is published; `None` when neither is given.
+fn batch_ids(a: &PublishArgs) -> anyhow::Result<Option<Vec<String>>> {
+    if let Some(path) = &a.ids_from {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--ids-from: reading {}", path.display()))?;
+        let ids: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if ids.is_empty() {
+            bail!("--ids-from: {} holds no job id", path.display());
+        }
+        return Ok(Some(ids));
+    }
+    let Some(path) = &a.ids_out else {
+        return Ok(None);
+    };
+    let ids: Vec<String> = (0..a.count)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let mut text = ids.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("--ids-out: writing {}", path.display()))?;
+    Ok(Some(ids))
+}
+
 /// A delay past the longest tier: one outbox row per copy, published when due by a relay.
 async fn hold_in_outbox(
     g: &Global,
@@ -180,6 +237,12 @@ async fn hold_in_outbox(
             a.task
         );
     }
+    if a.ids_from.is_some() {
+        bail!(
+            "--ids-from sends a failed run again, and a delay past the longest tier ({}) holds              jobs in the outbox, where the ids already held keep their place; publish without              --ids-from, or with a shorter --delay",
+            humantime::format_duration(longest)
+        );
+    }
     let run_at = chrono::Utc::now() + chrono::Duration::from_std(delay)?;
     let pool = warren_core::db::lazy_pool(&g.database_url, 1)?;
     let mut tx = pool
@@ -188,7 +251,13 @@ async fn hold_in_outbox(
         .context("connecting to PostgreSQL to hold the delayed job in the outbox")?;
     let mut ids = Vec::new();
     let job = opts.held_until(run_at);
-    for _ in 0..a.count {
+    let given = batch_ids(a)?;
+    let n = given.as_ref().map_or(a.count as usize, Vec::len);
+    for i in 0..n {
+        let mut job = job.clone();
+        if let Some(given) = &given {
+            job.id = Some(given[i].clone());
+        }
         ids.push(
             outbox::insert(&mut *tx, &a.task, payload, &job)
                 .await
@@ -203,10 +272,10 @@ async fn hold_in_outbox(
         run_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         humantime::format_duration(longest)
     );
-    if a.count == 1 {
+    if ids.len() == 1 {
         println!("{}", ids[0]);
     } else {
-        println!("{}", a.count);
+        println!("{}", ids.len());
     }
     Ok(())
 }
