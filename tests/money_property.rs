@@ -50,6 +50,10 @@ const SETTLE: Duration = Duration::from_secs(60);
 
 const T: Duration = Duration::from_secs(30);
 
+/// Longest a schedule may run (a passing one takes 8–16 s; a failing one is bounded by
+/// [`SETTLE`] and the harness's own waits well under this).
+const SCHEDULE_LIMIT: Duration = Duration::from_secs(240);
+
 /// The card scripts drawn from (`docs/providers.md`, "The simulator"). `forget` is a
 /// Pagar.me modifier only.
 const SCRIPTS: [&str; 15] = [
@@ -668,7 +672,26 @@ async fn nothing_charged_twice_nothing_lost() {
         let plan = Schedule::new(seed);
         let trace: Shared = Default::default();
         let t0 = Instant::now();
-        let run = tokio::spawn(run_schedule(plan.clone(), trace.clone())).await;
+        let task = tokio::spawn(run_schedule(plan.clone(), trace.clone()));
+        let abort = task.abort_handle();
+        let run = match tokio::time::timeout(SCHEDULE_LIMIT, task).await {
+            Ok(joined) => joined.map_err(|e| {
+                if e.is_panic() {
+                    panic_text(e.into_panic())
+                } else {
+                    e.to_string()
+                }
+            }),
+            Err(_) => {
+                // A harness call without a bound hung (a broker that accepts and never
+                // answers): name the schedule rather than wait for the 20-minute watchdog.
+                // Aborting drops the schedule's processes, which kills them.
+                abort.abort();
+                Err(format!(
+                    "schedule still running after {SCHEDULE_LIMIT:?}: hung"
+                ))
+            }
+        };
         let secs = t0.elapsed().as_secs_f64();
         match run {
             Ok(o) => {
@@ -684,13 +707,8 @@ async fn nothing_charged_twice_nothing_lost() {
                     o.replayed.join(" ")
                 );
             }
-            Err(e) => {
+            Err(why) => {
                 let t = trace.lock().unwrap();
-                let why = if e.is_panic() {
-                    panic_text(e.into_panic())
-                } else {
-                    e.to_string()
-                };
                 let report = format!(
                     "money property FAILED: {plan}\n  reproduce: WARREN_MONEY_SEED={seed} cargo test \
                      --test money_property -- --nocapture\n  schedule: {plan:?}\n  namespace: {} \
