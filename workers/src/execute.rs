@@ -71,8 +71,8 @@ impl Outcome {
 enum Abandon {
     #[error("publishing the consequence failed: {0}")]
     Publish(#[from] PublishError),
-    #[error("the ledger stopped (shutting down)")]
-    Ledger(#[from] crate::ledger::LedgerClosed),
+    #[error("{0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// A failed attempt, as the runtime sees it.
