@@ -161,13 +161,28 @@ pub fn malformed_id(raw: &str) -> String {
 /// to [`MAX_KEY_BYTES`]: a task name the ledger (and any database encoding) can hold, for a
 /// message whose own cannot be.
 pub fn escaped_key(s: &str) -> String {
+    ascii(s, MAX_KEY_BYTES)
+}
+
+/// `s` with every character that is not printable ASCII escaped, as [`escaped_key`] does
+/// but at any length: text any database encoding takes.
+pub fn ascii_text(s: &str) -> String {
+    ascii(s, usize::MAX)
+}
+
+fn ascii(s: &str, max: usize) -> String {
     let mut out = String::new();
     for c in s.chars() {
-        let e = c.escape_default().to_string();
-        if out.len() + e.len() > MAX_KEY_BYTES {
+        let at = out.len();
+        if c == ' ' || c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+        if out.len() > max {
+            out.truncate(at);
             break;
         }
-        out.push_str(&e);
     }
     out
 }
@@ -736,6 +751,7 @@ mod tests {
         let long = escaped_key(&"\0".repeat(255));
         assert!(long.len() <= MAX_KEY_BYTES && long.is_ascii() && unstorable(&long).is_none());
         assert_eq!(clean_text("at $.mode: `a\0b`"), "at $.mode: `a\\0b`");
+        assert_eq!(ascii_text("a \"b\"\n\0ç"), "a \"b\"\\n\\u{0}\\u{e7}");
         assert!(matches!(
             clean_text("fine"),
             std::borrow::Cow::Borrowed("fine")
