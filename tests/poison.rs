@@ -325,3 +325,36 @@ async fn ledger_refuses_a_bad_row_alone_and_stays_healthy() {
     drop(ledger);
     env.cleanup().await;
 }
+
+/// Poison in a DLQ does not stop `warren dlq` either: its mirror (`dead_letters`, text and
+/// jsonb columns) shows a NUL as `\0`; the queue keeps the message as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_mirrors_poison_dead_letters() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    env.publish("demo.noop", b"{}", props("a\u{0}b")).await;
+    env.publish("demo.\u{0}", b"{}", props(&id())).await;
+    env.publish("demo.fail", br#"{"mode":"x\u0000"}"#, props(&id()))
+        .await;
+    eventually(SOON, "three dead letters", || async {
+        dead_letters(&env).await.len() == 3
+    })
+    .await;
+    drop(w);
+    let out = env.run(&["dlq", "list", "--format", "json"]);
+    assert!(out.status.success(), "warren dlq list: {}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(listed.contains(r"a\\0b"), "{listed}");
+    assert!(listed.contains(r"demo.\\0"), "{listed}");
+    let mirrored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters WHERE kind = 'malformed' AND payload_json IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(mirrored, 3);
+    // The queue still holds the messages as they were.
+    assert!(dead_letters(&env).await.contains_key("a\u{0}b"));
+    env.cleanup().await;
+}
