@@ -3,7 +3,7 @@
 //! delivery (ledger row, retry or dead letter) is durable.
 
 use crate::acks::{AckEvent, AckSender};
-use crate::ledger::{Check, Finish, JobKey, Ledger, Status, MARK_RUNNING_AFTER};
+use crate::ledger::{self, Check, Finish, JobKey, Ledger, LedgerError, Status, MARK_RUNNING_AFTER};
 use crate::registry::Registry;
 use crate::task::JobContext;
 use crate::TaskError;
@@ -71,8 +71,8 @@ impl Outcome {
 enum Abandon {
     #[error("publishing the consequence failed: {0}")]
     Publish(#[from] PublishError),
-    #[error("the ledger stopped (shutting down)")]
-    Ledger(#[from] crate::ledger::LedgerClosed),
+    #[error("{0}")]
+    Ledger(#[from] LedgerError),
 }
 
 /// A failed attempt, as the runtime sees it.
@@ -153,9 +153,37 @@ pub(crate) async fn handle(
 ) {
     let _gauge = InFlight::enter(&m.in_flight);
     let headers = d.properties.headers().as_ref();
-    let task = d.routing_key.as_str().to_owned();
+    // What the ledger, the metrics and the logs take must be storable: a job id or task name
+    // PostgreSQL text cannot hold (a NUL byte) is replaced, and the job dead-lettered
+    // `malformed` before anything else (`process`).
+    let mut unstorable: Option<String> = None;
+    let raw_task = d.routing_key.as_str();
+    let task = match ledger::unstorable(raw_task) {
+        None => raw_task.to_owned(),
+        Some(why) => {
+            let task = ledger::escaped_key(raw_task);
+            unstorable = Some(format!(
+                "the task name (routing key) {raw_task:?} {why}; recorded in the job ledger as `{task}`"
+            ));
+            task
+        }
+    };
     let job_id = match d.properties.message_id() {
-        Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
+        Some(id) if !id.as_str().is_empty() => match ledger::unstorable(id.as_str()) {
+            None => id.as_str().to_owned(),
+            Some(why) => {
+                let job_id = ledger::malformed_id(id.as_str());
+                let msg = format!(
+                    "the message_id {:?} {why}; recorded in the job ledger as {job_id}",
+                    id.as_str()
+                );
+                unstorable = Some(match unstorable {
+                    Some(t) => format!("{msg}; {t}"),
+                    None => msg,
+                });
+                job_id
+            }
+        },
         _ => uuid::Uuid::now_v7().to_string(),
     };
     let attempt = env::header_u64(headers, env::H_ATTEMPT)
@@ -173,6 +201,7 @@ pub(crate) async fn handle(
         }),
         attempt,
         tenant,
+        unstorable,
         d,
     };
     async move {
@@ -218,6 +247,12 @@ async fn process(
     let (d, key, attempt) = (&job.d, &job.key, job.attempt);
     let headers = d.properties.headers().as_ref();
 
+    // A job id or task name the ledger cannot hold: poison, judged before any ledger op.
+    if let Some(why) = &job.unstorable {
+        let not_run = Attempt::not_run();
+        return dead_letter(s, queue, job, &not_run, DeadLetterKind::Malformed, why).await;
+    }
+
     // A message the broker keeps redelivering has crashed workers: stop before the broker's
     // own limit so the dead letter carries our headers.
     let returns = env::header_u64(headers, env::H_DELIVERY_COUNT).unwrap_or(0);
@@ -225,7 +260,11 @@ async fn process(
         // Redelivered past the limit after it succeeded (the ack was lost: the broker closed
         // the channel on consumer_timeout, or the worker died between commit and ack): a
         // duplicate to ack, not a crash loop to dead-letter.
-        if s.ledger.check(key.clone()).await? == Check::AlreadySucceeded {
+        let check = match s.ledger.check(key.clone()).await {
+            Err(LedgerError::Refused(why)) => return refused(s, queue, job, &why).await,
+            check => check?,
+        };
+        if check == Check::AlreadySucceeded {
             tracing::info!("job already succeeded; acking redelivered duplicate");
             return Ok(Outcome::Duplicate);
         }
@@ -281,7 +320,10 @@ async fn process(
         }
     };
 
-    let check = s.ledger.check(key.clone()).await?;
+    let check = match s.ledger.check(key.clone()).await {
+        Err(LedgerError::Refused(why)) => return refused(s, queue, job, &why).await,
+        check => check?,
+    };
     if check == Check::AlreadySucceeded {
         tracing::info!("job already succeeded; acking duplicate without running it");
         return Ok(Outcome::Duplicate);
@@ -305,8 +347,14 @@ async fn process(
             // The mark must commit before the finish is queued, or a later batch could
             // apply them out of order; the handler keeps running meanwhile.
             let (marked, r) = tokio::join!(Box::pin(s.ledger.mark_running(key.clone())), &mut run);
-            marked?;
-            ran.delta = 0;
+            match marked {
+                Ok(()) => ran.delta = 0,
+                // Nothing was written: the finish counts the attempt (see `record`).
+                Err(LedgerError::Refused(why)) => {
+                    tracing::warn!(%why, "PostgreSQL refused this job's running mark");
+                }
+                Err(e) => return Err(e.into()),
+            }
             ran.fresh = false;
             r
         }
@@ -321,9 +369,7 @@ async fn process(
 
     let (error, retryable, exhausted_kind) = match result {
         Ok(()) => {
-            s.ledger
-                .finish(key.clone(), ran.finish(Status::Succeeded, None))
-                .await?;
+            record(s, key, ran.finish(Status::Succeeded, None)).await?;
             tracing::debug!(elapsed = ?started.elapsed(), "job succeeded");
             return Ok(Outcome::Succeeded);
         }
@@ -424,12 +470,7 @@ async fn delay_inner(
     s.producer
         .publish_raw(&exchange, &key.task, &key.task, &d.data, props)
         .await?;
-    s.ledger
-        .finish(
-            key.clone(),
-            ran.finish(Status::Failed, Some(error.to_owned())),
-        )
-        .await?;
+    record(s, key, ran.finish(Status::Failed, Some(error.to_owned()))).await?;
     let wait = s.topology.tiers()[tier];
     if next_attempt > job.attempt {
         tracing::warn!(%error, delay = ?wait, next_attempt, "attempt failed; retry scheduled");
@@ -460,11 +501,12 @@ async fn dead_letter_inner(
     error: &str,
 ) -> Result<Outcome, Abandon> {
     let (d, key) = (&job.d, &job.key);
-    let error: String = error.chars().take(4000).collect();
+    // An error may quote the payload; what the runtime writes carries no NUL.
+    let error: String = ledger::clean_text(error).chars().take(4000).collect();
     let props = job.republish(|h| {
         env::set_str(h, env::H_ERROR, &error);
         env::set_str(h, env::H_ERROR_KIND, kind.as_str());
-        env::set_str(h, env::H_ORIGINAL_ROUTING_KEY, &key.task);
+        env::set_str(h, env::H_ORIGINAL_ROUTING_KEY, d.routing_key.as_str());
         env::set_str(
             h,
             env::H_FAILED_AT,
@@ -481,14 +523,70 @@ async fn dead_letter_inner(
             props,
         )
         .await?;
-    s.ledger
-        .finish(
-            key.clone(),
-            ran.finish(Status::DeadLettered, Some(error.clone())),
-        )
-        .await?;
+    record(
+        s,
+        key,
+        ran.finish(Status::DeadLettered, Some(error.clone())),
+    )
+    .await?;
     tracing::error!(kind = kind.as_str(), %error, dlq = %s.topology.dlq_name(&queue.name), "job dead-lettered");
     Ok(Outcome::DeadLettered)
+}
+
+/// PostgreSQL refused this job's data at its check although it passed the checks on arrival
+/// (a character the database's encoding lacks, say): dead-lettered `malformed` without
+/// running, recorded as [`record`] can.
+fn refused<'a>(s: &'a Session, queue: &'a WorkQueue, job: &'a Job, why: &'a str) -> Rare<'a> {
+    Box::pin(async move {
+        let msg = format!("the job ledger cannot record this job: {why}");
+        let not_run = Attempt::not_run();
+        dead_letter_inner(s, queue, job, &not_run, DeadLetterKind::Malformed, &msg).await
+    })
+}
+
+/// Records a finish. Should PostgreSQL refuse the job's own data (what the runtime checks on
+/// arrival makes that unexpected), the finish is recorded instead under
+/// `malformed:<SHA-256 of the id>` with the task name and error escaped to printable ASCII,
+/// which any database takes; if even that is refused, it is logged and not recorded. Never
+/// waits on data PostgreSQL will not take: the consequence is already durable, and the
+/// delivery must be acked.
+async fn record(s: &Session, key: &Arc<JobKey>, finish: Finish) -> Result<(), Abandon> {
+    match s.ledger.finish(key.clone(), finish.clone()).await {
+        // Boxed, like every rare path, so that every job's future stays small.
+        Err(LedgerError::Refused(why)) => Box::pin(record_stand_in(s, key, finish, why)).await,
+        r => Ok(r?),
+    }
+}
+
+async fn record_stand_in(
+    s: &Session,
+    key: &JobKey,
+    finish: Finish,
+    why: String,
+) -> Result<(), Abandon> {
+    let stand_in = Arc::new(JobKey {
+        job_id: ledger::malformed_id(&key.job_id),
+        task: ledger::escaped_key(&key.task),
+        queue: key.queue.clone(),
+    });
+    tracing::error!(%why, recorded_as = %stand_in.job_id,
+        "PostgreSQL refused this job's ledger row; recording it under a stand-in id");
+    let error = match &finish.error {
+        Some(e) => format!("{e} (PostgreSQL refused the job's own row: {why})"),
+        None => format!("PostgreSQL refused the job's own row: {why}"),
+    };
+    let stand_in_finish = Finish {
+        error: Some(ledger::ascii_text(&error)),
+        fresh: false,
+        ..finish
+    };
+    match s.ledger.finish(stand_in, stand_in_finish).await {
+        Err(LedgerError::Refused(why)) => {
+            tracing::error!(%why, "PostgreSQL refused the stand-in ledger row too; not recorded");
+            Ok(())
+        }
+        r => Ok(r?),
+    }
 }
 
 /// One delivery and what the runtime read from its envelope once.
@@ -498,22 +596,31 @@ struct Job {
     /// `x-attempt`, 1 on the first attempt.
     attempt: u32,
     tenant: Option<String>,
+    /// Why the job id or task name cannot be recorded as they are (then `key` holds
+    /// stand-ins), if they cannot.
+    unstorable: Option<String>,
 }
 
 impl Job {
-    /// Properties for republishing this job (retry or dead letter): the original ones with
-    /// the job id set, and headers edited by `edit`, minus the broker-owned redelivery
-    /// counter, which must not follow the job into a new message (it would look like a
-    /// crash loop).
+    /// Properties for republishing this job (retry or dead letter): the original ones (the
+    /// job id set if the message had none), and headers edited by `edit`, minus the
+    /// broker-owned redelivery counter, which must not follow the job into a new message (it
+    /// would look like a crash loop).
     fn republish(&self, edit: impl FnOnce(&mut FieldTable)) -> BasicProperties {
         let mut h = self.d.properties.headers().clone().unwrap_or_default();
         env::remove(&mut h, env::H_DELIVERY_COUNT);
         edit(&mut h);
-        self.d
-            .properties
-            .clone()
-            .with_message_id(self.key.job_id.as_str().into())
-            .with_headers(h)
+        let props = self.d.properties.clone();
+        let has_id = props
+            .message_id()
+            .as_ref()
+            .is_some_and(|id| !id.as_str().is_empty());
+        let props = if has_id {
+            props
+        } else {
+            props.with_message_id(self.key.job_id.as_str().into())
+        };
+        props.with_headers(h)
     }
 }
 

@@ -37,6 +37,13 @@
 //! failing. Callers simply wait: no ack, no nack, so a database outage holds at most
 //! `prefetch` deliveries per queue and burns no delivery limits. Work resumes on its own
 //! when PostgreSQL returns.
+//!
+//! A statement PostgreSQL refuses because of a job's own data (SQLSTATE class 22, a data
+//! exception such as a NUL byte in text, or 54000, a value too large) is not an outage: the
+//! connection is kept, the `database` check stays up, and the batch is rerun one op at a
+//! time so that only the ops whose data is refused fail, each with [`LedgerError::Refused`].
+//! The runtime checks what it records before it gets here ([`unstorable`]); this is the
+//! second line of defence.
 
 use crate::gather::{gather, take_ready};
 use chrono::{DateTime, Utc};
@@ -106,14 +113,95 @@ pub struct Finish {
     pub fresh: bool,
 }
 
-/// The ledger writer has stopped (the worker is shutting down).
-#[derive(Debug, thiserror::Error)]
-#[error("the job ledger writer has stopped")]
-pub struct LedgerClosed;
+/// Why a ledger op did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    /// The ledger's tasks have stopped (the worker is shutting down).
+    #[error("the job ledger writer has stopped")]
+    Closed,
+    /// PostgreSQL refused this op's data (SQLSTATE class 22 or 54000): it never will take
+    /// it, so waiting does not help. The text is PostgreSQL's error.
+    #[error("PostgreSQL refused the job's data: {0}")]
+    Refused(String),
+}
+
+/// Most bytes of a job id or task name (an AMQP short string holds 255).
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// Why `s` cannot be a job id or task name in the ledger, if it cannot: PostgreSQL `text`
+/// holds any UTF-8 (which a Rust string is) except the NUL character, and the runtime takes
+/// at most [`MAX_KEY_BYTES`].
+pub fn unstorable(s: &str) -> Option<String> {
+    if let Some(at) = s.find('\0') {
+        Some(format!("contains a NUL byte (at byte {at})"))
+    } else if s.len() > MAX_KEY_BYTES {
+        Some(format!(
+            "is {} bytes long; the most is {MAX_KEY_BYTES}",
+            s.len()
+        ))
+    } else {
+        None
+    }
+}
+
+/// The ledger id of a message whose own id cannot be stored: `malformed:` and the SHA-256
+/// of the id's bytes in hex. The same bad id always maps to the same ledger id.
+pub fn malformed_id(raw: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    let mut out = String::with_capacity(10 + 64);
+    out.push_str("malformed:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// `s` with every character that is not printable ASCII escaped (`\u{0}`, `\u{e7}`) and cut
+/// to [`MAX_KEY_BYTES`]: a task name the ledger (and any database encoding) can hold, for a
+/// message whose own cannot be.
+pub fn escaped_key(s: &str) -> String {
+    ascii(s, MAX_KEY_BYTES)
+}
+
+/// `s` with every character that is not printable ASCII escaped, as [`escaped_key`] does
+/// but at any length: text any database encoding takes.
+pub fn ascii_text(s: &str) -> String {
+    ascii(s, usize::MAX)
+}
+
+fn ascii(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let at = out.len();
+        if c == ' ' || c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+        if out.len() > max {
+            out.truncate(at);
+            break;
+        }
+    }
+    out
+}
+
+/// Text the runtime writes (an error) with NUL characters, which PostgreSQL text cannot
+/// hold, escaped as `\0`.
+pub fn clean_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\\0").into()
+    } else {
+        s.into()
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
 enum Op {
-    Mark(Arc<JobKey>, oneshot::Sender<()>),
-    Finish(Arc<JobKey>, Finish, oneshot::Sender<()>),
+    Mark(Arc<JobKey>, Reply<()>),
+    Finish(Arc<JobKey>, Finish, Reply<()>),
 }
 
 impl Op {
@@ -124,7 +212,7 @@ impl Op {
     }
 }
 
-type CheckOp = (Arc<JobKey>, oneshot::Sender<Check>);
+type CheckOp = (Arc<JobKey>, Reply<Check>);
 
 /// How much of its work the ledger does. Production is always [`Scope::Full`]; the others
 /// exist only so that `warren bench --ledger` can show what each part of the ledger costs
@@ -183,21 +271,21 @@ impl Ledger {
         Self { scope, ..self }
     }
 
-    pub async fn check(&self, key: Arc<JobKey>) -> Result<Check, LedgerClosed> {
+    pub async fn check(&self, key: Arc<JobKey>) -> Result<Check, LedgerError> {
         if self.scope != Scope::Full {
             return Ok(Check::New);
         }
         ask(&self.checks, |tx| (key, tx)).await
     }
 
-    pub async fn mark_running(&self, key: Arc<JobKey>) -> Result<(), LedgerClosed> {
+    pub async fn mark_running(&self, key: Arc<JobKey>) -> Result<(), LedgerError> {
         if self.scope == Scope::Off {
             return Ok(());
         }
         ask(&self.writes, |tx| Op::Mark(key, tx)).await
     }
 
-    pub async fn finish(&self, key: Arc<JobKey>, finish: Finish) -> Result<(), LedgerClosed> {
+    pub async fn finish(&self, key: Arc<JobKey>, finish: Finish) -> Result<(), LedgerError> {
         if self.scope == Scope::Off {
             return Ok(());
         }
@@ -206,13 +294,10 @@ impl Ledger {
 }
 
 /// Queues an op for a ledger task and waits for its answer.
-async fn ask<O, T>(
-    to: &mpsc::Sender<O>,
-    op: impl FnOnce(oneshot::Sender<T>) -> O,
-) -> Result<T, LedgerClosed> {
+async fn ask<O, T>(to: &mpsc::Sender<O>, op: impl FnOnce(Reply<T>) -> O) -> Result<T, LedgerError> {
     let (tx, rx) = oneshot::channel();
-    to.send(op(tx)).await.map_err(|_| LedgerClosed)?;
-    rx.await.map_err(|_| LedgerClosed)
+    to.send(op(tx)).await.map_err(|_| LedgerError::Closed)?;
+    rx.await.map_err(|_| LedgerError::Closed)?
 }
 
 const IDLE_PROBE: Duration = Duration::from_secs(5);
@@ -349,34 +434,54 @@ async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>,
                 Op::Finish(k, f, tx) => batch.finishes.push((k, f, tx)),
             }
         }
-        let writes = batch.marks.len() + batch.finishes.len();
+        let writes = batch.len();
         metrics::histogram!(names::LEDGER_BATCH_SIZE).record(writes as f64);
-
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let written = match task.conn().await {
-                Ok(c) => timed(&write_seconds, write(c, &batch)).await,
-                Err(e) => Err(e),
-            };
-            match written {
-                Ok(()) => break,
-                Err(e) if is_unique_violation(&e) && batch.any_fresh() => {
-                    // Another worker recorded one of these job ids since it was checked.
-                    // The statement rolled back as a whole; write the batch as upserts.
-                    tracing::debug!("a job id checked as new was recorded meanwhile; rewriting the ledger batch as upserts");
-                    batch.no_fresh();
+        if let Err(e) = commit(&mut task, &mut batch, &write_seconds).await {
+            // The statement rolled back as a whole: find the ops whose data is refused by
+            // writing them one at a time; the others are written as they would have been.
+            tracing::warn!(error = %e, rows = writes,
+                "PostgreSQL refused data in a job ledger batch; writing its rows one by one");
+            for mut one in batch.split() {
+                if let Err(e) = commit(&mut task, &mut one, &write_seconds).await {
+                    one.answer(Err(refused(&e)));
                 }
-                Err(e) => task.failed(&e, "write", &mut backoff).await,
             }
         }
-        task.report(true);
-        for (_, _, tx) in batch.finishes {
-            let _ = tx.send(());
-        }
-        for (_, tx) in batch.marks {
-            let _ = tx.send(());
+    }
+}
+
+/// Writes `batch` as one statement, waiting out outages, and answers its ops; or returns the
+/// data error PostgreSQL refused it with, leaving its ops unanswered.
+async fn commit(
+    task: &mut Task,
+    batch: &mut Batch,
+    seconds: &metrics::Histogram,
+) -> Result<(), sqlx::Error> {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let written = match task.conn().await {
+            Ok(c) => timed(seconds, write(c, batch)).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => break,
+            Err(e) if is_unique_violation(&e) && batch.any_fresh() => {
+                // Another worker recorded one of these job ids since it was checked.
+                // The statement rolled back as a whole; write the batch as upserts.
+                tracing::debug!("a job id checked as new was recorded meanwhile; rewriting the ledger batch as upserts");
+                batch.no_fresh();
+            }
+            Err(e) if is_data_error(&e) => {
+                // PostgreSQL answered: it is up.
+                task.report(true);
+                return Err(e);
+            }
+            Err(e) => task.failed(&e, "write", &mut backoff).await,
         }
     }
+    task.report(true);
+    batch.answer(Ok(()));
+    Ok(())
 }
 
 async fn checker(mut task: Task, mut rx: mpsc::Receiver<CheckOp>, max_batch: usize) {
@@ -384,26 +489,59 @@ async fn checker(mut task: Task, mut rx: mpsc::Receiver<CheckOp>, max_batch: usi
     let mut batch: Vec<CheckOp> = Vec::with_capacity(max_batch);
     while task.next(&mut rx, &mut batch, max_batch).await {
         gather(&mut rx, &mut batch, max_batch).await;
-        let mut backoff = FIRST_BACKOFF;
-        let recorded = loop {
-            let read = match task.conn().await {
-                Ok(c) => timed(&check_seconds, read_recorded(c, &batch)).await,
-                Err(e) => Err(e),
-            };
-            match read {
-                Ok(ids) => break ids,
-                Err(e) => task.failed(&e, "check", &mut backoff).await,
+        match recorded(&mut task, &batch, &check_seconds).await {
+            Ok(ids) => answer_checks(batch.drain(..), &ids),
+            Err(e) => {
+                tracing::warn!(error = %e, ids = batch.len(),
+                    "PostgreSQL refused data in a job ledger check; checking the ids one by one");
+                for op in batch.drain(..) {
+                    match recorded(&mut task, std::slice::from_ref(&op), &check_seconds).await {
+                        Ok(ids) => answer_checks([op], &ids),
+                        Err(e) => {
+                            let _ = op.1.send(Err(refused(&e)));
+                        }
+                    }
+                }
             }
-        };
-        task.report(true);
-        for (k, tx) in batch.drain(..) {
-            let c = match recorded.get(&k.job_id) {
-                None => Check::New,
-                Some(false) => Check::Again,
-                Some(true) => Check::AlreadySucceeded,
-            };
-            let _ = tx.send(c);
         }
+    }
+}
+
+/// Reads the rows of the checked ids, waiting out outages; or returns the data error
+/// PostgreSQL refused the statement with.
+async fn recorded(
+    task: &mut Task,
+    checks: &[CheckOp],
+    seconds: &metrics::Histogram,
+) -> Result<HashMap<String, bool>, sqlx::Error> {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let read = match task.conn().await {
+            Ok(c) => timed(seconds, read_recorded(c, checks)).await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(ids) => {
+                task.report(true);
+                return Ok(ids);
+            }
+            Err(e) if is_data_error(&e) => {
+                task.report(true);
+                return Err(e);
+            }
+            Err(e) => task.failed(&e, "check", &mut backoff).await,
+        }
+    }
+}
+
+fn answer_checks(ops: impl IntoIterator<Item = CheckOp>, recorded: &HashMap<String, bool>) {
+    for (k, tx) in ops {
+        let c = match recorded.get(&k.job_id) {
+            None => Check::New,
+            Some(false) => Check::Again,
+            Some(true) => Check::AlreadySucceeded,
+        };
+        let _ = tx.send(Ok(c));
     }
 }
 
@@ -417,11 +555,38 @@ async fn timed<T>(into: &metrics::Histogram, statement: impl std::future::Future
 
 #[derive(Default)]
 struct Batch {
-    marks: Vec<(Arc<JobKey>, oneshot::Sender<()>)>,
-    finishes: Vec<(Arc<JobKey>, Finish, oneshot::Sender<()>)>,
+    marks: Vec<(Arc<JobKey>, Reply<()>)>,
+    finishes: Vec<(Arc<JobKey>, Finish, Reply<()>)>,
 }
 
 impl Batch {
+    fn len(&self) -> usize {
+        self.marks.len() + self.finishes.len()
+    }
+
+    /// Answers every op (and empties the batch).
+    fn answer(&mut self, r: Result<(), LedgerError>) {
+        for (_, _, tx) in self.finishes.drain(..) {
+            let _ = tx.send(r.clone());
+        }
+        for (_, tx) in self.marks.drain(..) {
+            let _ = tx.send(r.clone());
+        }
+    }
+
+    /// One batch per op.
+    fn split(&mut self) -> Vec<Batch> {
+        let finishes = self.finishes.drain(..).map(|f| Batch {
+            finishes: vec![f],
+            ..Default::default()
+        });
+        let marks = self.marks.drain(..).map(|m| Batch {
+            marks: vec![m],
+            ..Default::default()
+        });
+        finishes.chain(marks).collect()
+    }
+
     fn any_fresh(&self) -> bool {
         self.finishes.iter().any(|f| f.1.fresh)
     }
@@ -436,6 +601,26 @@ impl Batch {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// PostgreSQL refused the statement because of the data it carries, not because it is
+/// down: SQLSTATE class 22 (data exception: `22021` invalid byte sequence, as for a NUL in
+/// text; `22P05` untranslatable character; `22001` string too long) or `54000` (a value
+/// too large to index). The same data will be refused again, so it is not retried.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().is_some_and(|c| c.starts_with("22") || c == "54000"))
+}
+
+fn refused(e: &sqlx::Error) -> LedgerError {
+    let text = match e {
+        sqlx::Error::Database(d) => match d.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", d.message()),
+            None => d.message().to_owned(),
+        },
+        e => e.to_string(),
+    };
+    LedgerError::Refused(text)
 }
 
 /// Which of the checked job ids have a row, and whether it is `succeeded`. A read-only
@@ -469,7 +654,11 @@ async fn write(conn: &mut PgConnection, b: &Batch) -> Result<(), sqlx::Error> {
     let tasks: Vec<&str> = f.iter().map(|x| x.0.task.as_str()).collect();
     let queues: Vec<&str> = f.iter().map(|x| x.0.queue.as_str()).collect();
     let statuses: Vec<&str> = f.iter().map(|x| x.1.status.as_str()).collect();
-    let errors: Vec<Option<&str>> = f.iter().map(|x| x.1.error.as_deref()).collect();
+    // The runtime's own text never carries a NUL (an error may quote a payload's).
+    let errors: Vec<Option<String>> = f
+        .iter()
+        .map(|x| x.1.error.as_deref().map(|e| clean_text(e).into_owned()))
+        .collect();
     let deltas: Vec<i32> = f.iter().map(|x| x.1.attempt_delta).collect();
     let starts: Vec<DateTime<Utc>> = f.iter().map(|x| x.1.started_at).collect();
     let only_fresh = b.marks.is_empty() && f.iter().all(|x| x.1.fresh);
@@ -538,3 +727,34 @@ const WRITE_ANY: &str = "WITH u AS (
             SET status = 'running', attempts = j.attempts + 1, queue = EXCLUDED.queue,
                 started_at = now(), finished_at = NULL, updated_at = now()
           WHERE j.status <> 'succeeded'";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_postgresql_cannot_hold_are_named() {
+        assert_eq!(unstorable("demo.noop"), None);
+        assert_eq!(unstorable(&"ç".repeat(127)), None);
+        assert!(unstorable("a\0b").unwrap().contains("NUL byte (at byte 1)"));
+        assert!(unstorable(&"x".repeat(256)).unwrap().contains("256 bytes"));
+    }
+
+    #[test]
+    fn stand_ins_are_storable_and_stable() {
+        let id = malformed_id("a\0b");
+        assert_eq!(id, malformed_id("a\0b"));
+        assert_ne!(id, malformed_id("a\0c"));
+        assert!(id.starts_with("malformed:") && id.len() == 10 + 64, "{id}");
+        assert_eq!(unstorable(&id), None);
+        assert_eq!(escaped_key("demo.\0ç"), "demo.\\u{0}\\u{e7}");
+        let long = escaped_key(&"\0".repeat(255));
+        assert!(long.len() <= MAX_KEY_BYTES && long.is_ascii() && unstorable(&long).is_none());
+        assert_eq!(clean_text("at $.mode: `a\0b`"), "at $.mode: `a\\0b`");
+        assert_eq!(ascii_text("a \"b\"\n\0ç"), "a \"b\"\\n\\u{0}\\u{e7}");
+        assert!(matches!(
+            clean_text("fine"),
+            std::borrow::Cow::Borrowed("fine")
+        ));
+    }
+}

@@ -128,19 +128,41 @@ impl Letter {
             marker.as_bytes(),
             &d.data,
         ]);
+        // What the mirror records goes into PostgreSQL text and jsonb, which cannot hold
+        // U+0000: any publisher can send a NUL (a worker dead-letters such a job id or task
+        // name as malformed), so it is recorded as `\0`. `payload` keeps the exact bytes.
         Self {
             fingerprint,
-            message_id,
-            task,
+            message_id: message_id.map(|m| pg_text(&m)),
+            task: task.map(|t| pg_text(&t)),
             source,
-            kind,
-            error,
+            kind: pg_text(&kind),
+            error: pg_text(&error),
             attempts,
-            headers: headers_json(h),
+            headers: pg_json(headers_json(h)),
             payload: d.data.clone(),
-            payload_json: serde_json::from_slice(&d.data).ok(),
+            payload_json: serde_json::from_slice(&d.data).ok().map(pg_json),
             failed_at,
         }
+    }
+}
+
+/// `s` with NUL, which PostgreSQL text cannot hold, written `\0`.
+fn pg_text(s: &str) -> String {
+    s.replace('\0', "\\0")
+}
+
+/// `v` with NUL written `\0` in every string and key (jsonb refuses `\u0000`).
+fn pg_json(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(pg_text(&s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(pg_json).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (pg_text(&k), pg_json(v)))
+                .collect(),
+        ),
+        v => v,
     }
 }
 
@@ -267,6 +289,13 @@ pub fn replay_properties(p: &BasicProperties) -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_is_mirrored_as_an_escape() {
+        assert_eq!(pg_text("a\0b"), "a\\0b");
+        let v = pg_json(json!({"k\0": ["x\0", 1, {"y": "\0"}], "ok": "fine"}));
+        assert_eq!(v, json!({"k\\0": ["x\\0", 1, {"y": "\\0"}], "ok": "fine"}));
+    }
 
     #[test]
     fn replay_strips_death_and_attempt_headers_and_keeps_the_rest() {
