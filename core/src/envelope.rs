@@ -93,18 +93,23 @@ pub fn job_id_for_key(key: &str) -> uuid::Uuid {
     uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, key.as_bytes())
 }
 
-/// Persistent JSON message properties, as every Warren publisher sets them.
+/// Persistent JSON message properties, as every Warren publisher sets them. Never panics: a
+/// `job_id` that is not an AMQP short string (over [`crate::limits::MAX_SHORT`] bytes) is left
+/// out; publishers check ids with [`crate::limits::check_short`] first.
 pub fn json_properties(job_id: &str, headers: FieldTable) -> BasicProperties {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    BasicProperties::default()
+    let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_message_id(job_id.into())
         .with_timestamp(now)
-        .with_headers(headers)
+        .with_headers(headers);
+    match ShortString::try_new(job_id) {
+        Ok(id) => props.with_message_id(id),
+        Err(_) => props,
+    }
 }
 
 /// Reads a header as a string (AMQP short or long string).

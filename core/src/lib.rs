@@ -4,6 +4,7 @@
 //! - [`billing`]: billing intervals and period arithmetic.
 //! - [`envelope`]: AMQP properties and headers a job carries, and dead-letter reasons.
 //! - [`outbox`]: enqueueing a job inside your own database transaction (`warren_outbox`).
+//! - [`limits`]: bounds on task names, ids, keys, headers and bodies, for every way in.
 //! - [`payload`]: decoding and validating job bodies, naming the path of the first error.
 //! - [`topology`]: exchanges, queues, bindings and delay tiers, declared as data.
 //! - [`config`]: typed settings from env vars, flags and the optional TOML file.
@@ -16,6 +17,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod envelope;
+pub mod limits;
 pub mod outbox;
 pub mod payload;
 pub mod task;

@@ -39,14 +39,33 @@ pub struct OutboxJob {
     pub run_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Checks the strings a relay will publish as AMQP strings ([`crate::limits`]): the task
+/// name, job id, idempotency key and tenant. [`insert`] does it first.
+pub fn check(task: &str, job: &OutboxJob) -> Result<(), crate::limits::LimitError> {
+    use crate::limits::check_short;
+    check_short("task", task)?;
+    for (field, value) in [
+        ("id", &job.id),
+        ("idempotency_key", &job.idempotency_key),
+        ("tenant", &job.tenant),
+    ] {
+        if let Some(v) = value {
+            check_short(field, v)?;
+        }
+    }
+    Ok(())
+}
+
 /// Inserts a job into the outbox through `db` — pass your own transaction so the job exists
-/// exactly when your other writes commit. Returns the job id.
+/// exactly when your other writes commit. Returns the job id. Values outside
+/// [`crate::limits`] are refused (`sqlx::Error::Encode`) before anything is written.
 pub async fn insert<'e, T: Serialize + ?Sized>(
     db: impl PgExecutor<'e>,
     task: &str,
     payload: &T,
     job: &OutboxJob,
 ) -> Result<String, sqlx::Error> {
+    check(task, job).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query_scalar(
         "INSERT INTO warren_outbox (id, task, payload, idempotency_key, tenant, max_attempts, run_at)

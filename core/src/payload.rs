@@ -39,6 +39,11 @@ impl PayloadError {
         }
     }
 
+    /// A body outside [`crate::limits`] (not UTF-8, nested too deep): a syntax error.
+    pub fn from_limit(e: crate::limits::LimitError) -> Self {
+        Self::syntax(e)
+    }
+
     pub fn is_syntax(&self) -> bool {
         self.kind == PayloadErrorKind::Syntax
     }
@@ -140,7 +145,11 @@ pub const TYPED_TASKS: [&str; 5] = [
 /// Checks a body before it is published: for the built-in tasks of [`TYPED_TASKS`] it must
 /// decode into the task's payload type (exactly what the worker will do); for any other
 /// task it must be JSON.
+///
+/// Every body, typed or not, must also be UTF-8 within [`crate::limits::MAX_JSON_DEPTH`]
+/// levels of nesting ([`crate::limits::check_body`]); a body that is not is a syntax error.
 pub fn validate(task_name: &str, body: &[u8]) -> Result<(), PayloadError> {
+    crate::limits::check_body("body", body).map_err(PayloadError::from_limit)?;
     match task_name {
         task::DEMO_NOOP => decode::<task::DemoNoop>(body).map(drop),
         task::DEMO_SLEEP => decode::<task::DemoSleep>(body).map(drop),
@@ -289,5 +298,13 @@ mod tests {
         assert!(validate("email.send", b"{").unwrap_err().is_syntax());
         assert!(validate("email.send", b"{} {}").unwrap_err().is_syntax());
         assert!(validate("email.send", b"").unwrap_err().is_syntax());
+        // UTF-8 and the depth limit hold for untyped tasks too.
+        assert!(validate("cron.x", b"\"\xff\"").unwrap_err().is_syntax());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = validate("cron.x", deep.as_bytes()).unwrap_err();
+        assert!(
+            e.is_syntax() && e.message.starts_with("body is not valid JSON"),
+            "{e}"
+        );
     }
 }

@@ -26,6 +26,7 @@ pub use reliable::{BatchError, BatchReport, RetryPolicy};
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
+use lapin::types::ShortString;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
@@ -33,6 +34,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use warren_core::envelope::{self, json_properties};
+use warren_core::limits::{self, LimitError};
 use warren_core::telemetry::names;
 use warren_core::topology::Topology;
 
@@ -51,6 +53,11 @@ pub enum PublishError {
     DelayTooLong { delay: Duration, longest: Duration },
     #[error("delayed publishes need the topology's delay tiers (Producer::with_topology)")]
     NoTiers,
+    /// A task name, id, key, tenant or header table outside [`warren_core::limits`]: refused
+    /// before it reaches the broker (a too-long AMQP string or an oversized header frame
+    /// would otherwise panic or close the shared connection).
+    #[error("{0}")]
+    Invalid(#[from] LimitError),
 }
 
 impl PublishError {
@@ -74,6 +81,38 @@ pub struct PublishOptions {
 }
 
 impl PublishOptions {
+    /// Checks `task` and these options against [`warren_core::limits`]: every string an AMQP
+    /// short string can hold, no control characters, headers within
+    /// [`limits::MAX_HEADERS_BYTES`]. Every publish of [`Producer`] and
+    /// [`broker::SharedBroker`] calls it first.
+    pub fn check(&self, task: &str) -> Result<(), LimitError> {
+        limits::check_short("task", task)?;
+        for (field, value) in [
+            ("id", &self.id),
+            ("idempotency_key", &self.idempotency_key),
+            ("tenant", &self.tenant),
+        ] {
+            if let Some(v) = value {
+                limits::check_short(field, v)?;
+            }
+        }
+        limits::check_headers("the headers", &self.headers(), limits::MAX_HEADERS_BYTES)
+    }
+
+    fn headers(&self) -> FieldTable {
+        let mut headers = FieldTable::default();
+        if let Some(k) = &self.idempotency_key {
+            envelope::set_str(&mut headers, envelope::H_IDEMPOTENCY_KEY, k);
+        }
+        if let Some(t) = &self.tenant {
+            envelope::set_str(&mut headers, envelope::H_TENANT, t);
+        }
+        if let Some(m) = self.max_attempts {
+            envelope::set_int(&mut headers, envelope::H_MAX_ATTEMPTS, m.into());
+        }
+        headers
+    }
+
     /// The same job as an outbox row published no sooner than `run_at` (for delays longer
     /// than the longest tier).
     pub fn held_until(
@@ -156,9 +195,10 @@ impl Producer {
         payload: &T,
         opts: &PublishOptions,
     ) -> Result<String, PublishError> {
+        opts.check(task)?;
         let body = serde_json::to_vec(payload)?;
         let exchange = self.exchange_for(task, opts)?;
-        let (id, props) = Self::envelope(opts);
+        let (id, props) = Self::try_envelope(opts)?;
         self.publish_raw(&exchange, task, task, &body, props)
             .await?;
         Ok(id)
@@ -177,8 +217,9 @@ impl Producer {
         let mut pending = FuturesOrdered::new();
         let mut done = 0;
         for (body, opts) in bodies {
+            opts.check(task)?;
             let exchange = self.exchange_for(task, &opts)?;
-            let (id, props) = Self::envelope(&opts);
+            let (id, props) = Self::try_envelope(&opts)?;
             ids.push(id);
             // The futures borrow the producer and the task; body and target move in.
             pending.push_back(async move {
@@ -200,21 +241,31 @@ impl Producer {
         Ok(ids)
     }
 
-    /// Builds the job id and properties for a publish.
+    /// Builds the job id and properties for a publish, refusing options outside
+    /// [`warren_core::limits`] (without the task name: see [`PublishOptions::check`]).
+    pub fn try_envelope(opts: &PublishOptions) -> Result<(String, BasicProperties), PublishError> {
+        if let Some(id) = &opts.id {
+            limits::check_short("id", id)?;
+        }
+        let headers = opts.headers();
+        limits::check_headers("the headers", &headers, limits::MAX_HEADERS_BYTES)?;
+        Ok(Self::envelope(opts))
+    }
+
+    /// Builds the job id and properties for a publish. Never panics: a job id that is not an
+    /// AMQP short string (over 255 bytes) is left out of `message_id` and logged as an error;
+    /// use [`try_envelope`](Self::try_envelope) to refuse it instead.
     pub fn envelope(opts: &PublishOptions) -> (String, BasicProperties) {
         let id = opts
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let mut headers = FieldTable::default();
-        if let Some(k) = &opts.idempotency_key {
-            envelope::set_str(&mut headers, envelope::H_IDEMPOTENCY_KEY, k);
-        }
-        if let Some(t) = &opts.tenant {
-            envelope::set_str(&mut headers, envelope::H_TENANT, t);
-        }
-        if let Some(m) = opts.max_attempts {
-            envelope::set_int(&mut headers, envelope::H_MAX_ATTEMPTS, m.into());
+        let headers = opts.headers();
+        if ShortString::try_new(id.as_str()).is_err() {
+            tracing::error!(
+                len = id.len(),
+                "a job id over 255 bytes cannot be a message_id; published without one"
+            );
         }
         let mut props = json_properties(&id, headers);
         if let Some(d) = opts.delay.filter(|d| !d.is_zero()) {
@@ -235,7 +286,10 @@ impl Producer {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), PublishError> {
-        let outcome = self.try_publish(exchange, routing_key, body, props).await;
+        let outcome = match Self::frame_guard(exchange, routing_key, &props) {
+            Ok(()) => self.try_publish(exchange, routing_key, body, props).await,
+            Err(e) => Err(e.into()),
+        };
         let label = match &outcome {
             Ok(()) => "confirmed",
             Err(PublishError::Unroutable { .. }) => "unroutable",
@@ -245,6 +299,29 @@ impl Producer {
         metrics::counter!(names::PUBLISHED, "task" => task.to_owned(), "outcome" => label)
             .increment(1);
         outcome
+    }
+
+    /// What would panic in the client (an AMQP short string over 255 bytes) or make the
+    /// broker close the connection (properties bigger than a frame) is refused here, on the
+    /// one publish path, whatever the caller checked.
+    fn frame_guard(
+        exchange: &str,
+        routing_key: &str,
+        props: &BasicProperties,
+    ) -> Result<(), LimitError> {
+        for (field, value) in [("exchange", exchange), ("routing key", routing_key)] {
+            if value.len() > limits::MAX_SHORT {
+                return Err(LimitError::TooLong {
+                    field: field.to_owned(),
+                    len: value.len(),
+                    max: limits::MAX_SHORT,
+                });
+            }
+        }
+        if let Some(h) = props.headers() {
+            limits::check_headers("the headers", h, limits::MAX_FRAME_HEADERS_BYTES)?;
+        }
+        Ok(())
     }
 
     async fn try_publish(

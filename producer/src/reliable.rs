@@ -62,7 +62,8 @@ pub struct BatchReport {
 /// Why a publish through [`SharedBroker`] did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    /// Retrying cannot help (unroutable task, payload not JSON, delay too long).
+    /// Retrying cannot help (unroutable task, payload not JSON, delay too long, a value
+    /// outside `warren_core::limits`).
     #[error("{source} ({confirmed} of {total} job(s) were confirmed before it)")]
     Permanent {
         source: PublishError,
@@ -148,6 +149,15 @@ impl SharedBroker {
         let total = jobs.len();
         if total == 0 {
             return Ok(BatchReport::default());
+        }
+        // Out-of-bounds values fail the batch before anything is sent (and before they could
+        // break the connection), never as a retryable error.
+        for job in &jobs {
+            job.opts.check(task).map_err(|e| BatchError::Permanent {
+                source: PublishError::Invalid(e),
+                confirmed: 0,
+                total,
+            })?;
         }
         let mut done = vec![false; total];
         let mut sent = vec![false; total];
@@ -269,7 +279,13 @@ async fn round(
                 break;
             };
             let job = &jobs[i];
-            let (_, props) = Producer::envelope(&job.opts);
+            let props = match Producer::try_envelope(&job.opts) {
+                Ok((_, props)) => props,
+                Err(e) => {
+                    failure = Some(RoundError::Permanent(e));
+                    break;
+                }
+            };
             sent[i] = true;
             in_flight.push(async move {
                 let publish = producer.publish_raw(&exchange, task, task, &job.body, props);

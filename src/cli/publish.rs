@@ -68,10 +68,40 @@ pub struct PublishArgs {
     pub retry_for: Duration,
 }
 
+/// The flag (or argument) that carries a field of [`warren_core::limits`].
+fn flag(field: &str) -> &str {
+    match field {
+        "task" => "TASK",
+        "id" => "--id",
+        "idempotency_key" => "--idempotency-key",
+        "tenant" => "--tenant",
+        other => other,
+    }
+}
+
+/// Refuses values outside `warren_core::limits` before connecting: a clear error naming the
+/// flag, never a panic or a retry.
+fn check_limits(a: &PublishArgs) -> anyhow::Result<()> {
+    let opts = PublishOptions {
+        id: a.id.clone(),
+        idempotency_key: a.idempotency_key.clone(),
+        tenant: a.tenant.clone(),
+        max_attempts: a.max_attempts,
+        delay: None,
+    };
+    if let Err(e) = opts.check(&a.task) {
+        let field = e.field().to_owned();
+        let msg = e.to_string().replacen(&field, flag(&field), 1);
+        bail!("{msg}");
+    }
+    Ok(())
+}
+
 pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
     if a.id.is_some() && a.count > 1 {
         bail!("--id names one job; with --count the ids are generated (drop --id)");
     }
+    check_limits(&a)?;
     let (source, text) = if a.stdin.is_some() {
         let mut s = String::new();
         std::io::stdin()
@@ -88,6 +118,7 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
             a.payload.clone().unwrap_or_else(|| "{}".into()),
         )
     };
+    warren_core::limits::check_body(source, text.as_bytes())?;
     let payload: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
     let body = serde_json::to_vec(&payload)?;

@@ -151,6 +151,14 @@ impl Store {
         Ok(())
     }
 
+    /// A guard for a claim this request owns: dropped before [`ClaimGuard::disarm`] (the
+    /// request panicked, or was dropped because the client went away), it gives the claim
+    /// up in the background, so a retry with the key is not refused until the claim counts as
+    /// abandoned.
+    pub fn guard(&self, scope: &str, key: &str) -> ClaimGuard {
+        ClaimGuard(Some((self.clone(), scope.to_owned(), key.to_owned())))
+    }
+
     /// Deletes records older than the window. Returns how many.
     pub async fn prune(&self) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
@@ -160,5 +168,33 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+}
+
+/// Releases an unfinished claim when dropped; see [`Store::guard`].
+#[must_use = "a guard released at once protects nothing"]
+pub struct ClaimGuard(Option<(Store, String, String)>);
+
+impl ClaimGuard {
+    /// The request finished and stored (or released) its answer itself.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some((store, scope, key)) = self.0.take() else {
+            return;
+        };
+        tracing::warn!("a request holding an Idempotency-Key claim ended early; releasing it");
+        // Only a claim still without an answer is deleted (`release`).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.release(&scope, &key).await {
+                    tracing::warn!(error = %e, "cannot release an abandoned Idempotency-Key claim");
+                }
+            });
+        }
     }
 }

@@ -12,14 +12,15 @@
 mod auth;
 mod idempotency;
 mod linger;
+mod wire;
 
 use crate::broker::SharedBroker;
 pub use auth::{Scope, Tokens, TokensError};
-pub use idempotency::{request_hash, Claim, Store};
+pub use idempotency::{request_hash, Claim, ClaimGuard, Store};
 
 use crate::{Producer, PublishError, PublishOptions};
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -32,6 +33,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use warren_core::limits::{self, LimitError};
 use warren_core::telemetry::Health;
 use warren_core::topology::Topology;
 
@@ -43,8 +45,10 @@ pub const REQUEST_DURATION: &str = "warren_ingest_request_duration_seconds";
 /// The OpenAPI 3.1 description served at `GET /openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Longest accepted `Idempotency-Key`.
-pub const MAX_KEY_LEN: usize = 255;
+/// Longest accepted `Idempotency-Key` (and `X-Tenant`, `X-Job-Id`, task name), in bytes.
+pub const MAX_KEY_LEN: usize = limits::MAX_SHORT;
+/// Longest time from now a job may be delayed (`delay`, `run_at`): one year.
+const MAX_DELAY_SECS: i64 = 31_536_000;
 /// How long the broker may take to confirm a request's messages before it answers 503.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -109,7 +113,7 @@ pub async fn serve(
         health: cfg.health,
         max_body: cfg.max_body,
     });
-    let result = axum::serve(listener, router(state))
+    let result = axum::serve(wire::Listener(listener), router(state))
         .with_graceful_shutdown(shutdown)
         .await;
     stop.cancel();
@@ -137,6 +141,7 @@ fn router(state: Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -265,6 +270,14 @@ async fn not_found() -> ApiError {
     )
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (jobs are sent with POST); see GET /openapi.json",
+    )
+}
+
 /// One job to publish.
 struct Job {
     task: String,
@@ -285,6 +298,19 @@ struct When {
 }
 
 impl When {
+    /// What the request asked for, as it goes into the `Idempotency-Key` fingerprint (none:
+    /// nothing, so requests without a delay keep their fingerprint).
+    fn fingerprint(&self) -> Option<String> {
+        match (self.delay, self.run_at) {
+            (None, None) => None,
+            (d, at) => Some(format!(
+                "delay={};run_at={}",
+                d.map(|d| d.to_string()).unwrap_or_default(),
+                at.map(|a| a.to_rfc3339()).unwrap_or_default()
+            )),
+        }
+    }
+
     /// The instant, or a 422 naming `path` (`delay`, `[i].delay`).
     fn run_at(&self, prefix: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
         let invalid = |field: &str, message: &str| {
@@ -301,6 +327,14 @@ impl When {
             (Some(d), None) => Ok(Some(
                 chrono::Utc::now() + chrono::Duration::milliseconds((d * 1000.0).round() as i64),
             )),
+            (None, Some(at))
+                if at > chrono::Utc::now() + chrono::Duration::seconds(MAX_DELAY_SECS) =>
+            {
+                Err(invalid(
+                    "run_at",
+                    "run_at is at most one year (31536000 seconds) from now",
+                ))
+            }
             (None, at) => Ok(at),
         }
     }
@@ -323,12 +357,24 @@ struct Item {
 async fn post_one(
     State(st): State<Shared>,
     Extension(scope): Extension<Scope>,
-    Path(task): Path<String>,
+    task: Result<Path<String>, PathRejection>,
     when: Result<Query<When>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
+        let Path(task) = task.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_task",
+                format!("the task name in the path must be UTF-8 (percent-encoded): {e}"),
+            )
+            .at(Some("task".into()))
+        })?;
+        limits::check_short("task", &task).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_task", e.to_string())
+                .at(Some("task".into()))
+        })?;
         let body = body.map_err(|r| body_rejection(r, st.max_body))?;
         let Query(when) = when.map_err(|e| {
             ApiError::new(
@@ -338,26 +384,35 @@ async fn post_one(
             )
         })?;
         let run_at = when.run_at("")?;
-        let idem = header_value(&headers, "idempotency-key")?;
-        let tenant = header_value(&headers, "x-tenant")?;
-        let id = header_value(&headers, "x-job-id")?;
+        let idem = header_value(&headers, "Idempotency-Key")?;
+        let tenant = header_value(&headers, "X-Tenant")?;
+        let id = header_value(&headers, "X-Job-Id")?;
         check_task(&st.topology, &task, None)?;
         warren_core::payload::validate(&task, &body).map_err(|e| payload_error(e, None))?;
-        let hash = request_hash(&[
-            format!("/v1/jobs/{task}").as_bytes(),
+        let route = format!("/v1/jobs/{task}");
+        let when_part = when.fingerprint();
+        let mut parts: Vec<&[u8]> = vec![
+            route.as_bytes(),
             tenant.as_deref().unwrap_or_default().as_bytes(),
             id.as_deref().unwrap_or_default().as_bytes(),
             &body,
-        ]);
+        ];
+        if let Some(w) = &when_part {
+            parts.push(w.as_bytes());
+        }
+        let hash = request_hash(&parts);
+        let opts = PublishOptions {
+            id,
+            idempotency_key: idem.clone(),
+            tenant,
+            ..Default::default()
+        };
+        opts.check(&task)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", e.to_string()))?;
         let job = Job {
             task,
             body: body.to_vec(),
-            opts: PublishOptions {
-                id,
-                idempotency_key: idem.clone(),
-                tenant,
-                ..Default::default()
-            },
+            opts,
             run_at,
         };
         Ok::<_, ApiError>((vec![job], idem, hash))
@@ -377,8 +432,11 @@ async fn post_batch(
 ) -> Response {
     let result = async {
         let body = body.map_err(|r| body_rejection(r, st.max_body))?;
-        let idem = header_value(&headers, "idempotency-key")?;
-        let tenant = header_value(&headers, "x-tenant")?;
+        let idem = header_value(&headers, "Idempotency-Key")?;
+        let tenant = header_value(&headers, "X-Tenant")?;
+        // Each payload is checked on its own below; the array and item objects add two levels.
+        limits::check_body_within("body", &body, limits::MAX_JSON_DEPTH + 2)
+            .map_err(|e| payload_error(warren_core::payload::PayloadError::from_limit(e), None))?;
         let items: Vec<Item> =
             warren_core::payload::decode(&body).map_err(|e| payload_error(e, None))?;
         if items.is_empty() {
@@ -390,20 +448,38 @@ async fn post_batch(
         }
         let mut jobs = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
+            let field = |e: LimitError| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_payload",
+                    format!("item {i}: {e}"),
+                )
+                .at(Some(format!("[{i}].{}", e.field())))
+            };
+            limits::check_short("task", &item.task).map_err(field)?;
             check_task(&st.topology, &item.task, Some(format!("[{i}].task")))?;
-            let bytes = serde_json::to_vec(&item.payload).expect("a JSON value serializes");
+            let bytes = serde_json::to_vec(&item.payload).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_payload",
+                    format!("item {i}: the payload cannot be encoded: {e}"),
+                )
+                .at(Some(format!("[{i}].payload")))
+            })?;
             warren_core::payload::validate(&item.task, &bytes)
                 .map_err(|e| payload_error(e, Some(i)))?;
             let run_at = item.when.run_at(&format!("[{i}]."))?;
+            let opts = PublishOptions {
+                id: item.id,
+                idempotency_key: item.idempotency_key,
+                tenant: tenant.clone(),
+                ..Default::default()
+            };
+            opts.check(&item.task).map_err(field)?;
             jobs.push(Job {
                 task: item.task,
                 body: bytes,
-                opts: PublishOptions {
-                    id: item.id,
-                    idempotency_key: item.idempotency_key,
-                    tenant: tenant.clone(),
-                    ..Default::default()
-                },
+                opts,
                 run_at,
             });
         }
@@ -470,6 +546,9 @@ async fn accept(
         }
         Err(e) => return database_unavailable(e).into_response(),
     }
+    // Should this request not finish (a panic, or the client gone and the request dropped),
+    // the guard gives the claim up so a retry is not refused for minutes.
+    let guard = st.store.guard(&scope.0, &key);
     let (status, body) = publish(st, jobs).await;
     let stored = if status.is_server_error() {
         st.store.release(&scope.0, &key).await
@@ -478,6 +557,7 @@ async fn accept(
             .complete(&scope.0, &key, status.as_u16(), &body)
             .await
     };
+    guard.disarm();
     if let Err(e) = stored {
         // The jobs are published; only the record is missing. Say so rather than hide it.
         tracing::error!(error = %e, "cannot store the Idempotency-Key record");
@@ -579,9 +659,24 @@ async fn publish(st: &AppState, jobs: Vec<Job>) -> (StatusCode, String) {
 async fn hold(store: &Store, held: &[(&Job, PublishOptions)]) -> Result<(), ApiError> {
     let mut tx = store.pool().begin().await.map_err(database_unavailable)?;
     for (job, opts) in held {
-        let payload: serde_json::Value = serde_json::from_slice(&job.body).expect("validated JSON");
-        let run_at = job.run_at.expect("only delayed jobs are held");
+        // The body was validated (UTF-8, depth) before; should it still not decode, refuse it
+        // rather than panic.
+        let payload: serde_json::Value = serde_json::from_slice(&job.body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("body is not valid JSON: {e}"),
+            )
+        })?;
+        let Some(run_at) = job.run_at else { continue };
         let out = opts.held_until(run_at);
+        if let Err(e) = warren_core::outbox::check(&job.task, &out) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                e.to_string(),
+            ));
+        }
         warren_core::outbox::insert(&mut *tx, &job.task, &payload, &out)
             .await
             .map_err(database_unavailable)?;
@@ -615,18 +710,23 @@ fn body_rejection(r: BytesRejection, max_body: usize) -> ApiError {
     }
 }
 
+/// A header's value, trimmed, within [`warren_core::limits`]: 1 to 255 bytes of UTF-8
+/// without control characters, or a 400 `invalid_header` naming it.
 fn header_value(h: &HeaderMap, name: &'static str) -> Result<Option<String>, ApiError> {
-    match h.get(name) {
-        None => Ok(None),
-        Some(v) => match v.to_str() {
-            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
-            _ => Err(ApiError::new(
+    let Some(v) = h.get(name) else {
+        return Ok(None);
+    };
+    let bytes = v.as_bytes().trim_ascii();
+    limits::check_short_bytes(name, bytes)
+        .map(|s| Some(s.to_owned()))
+        .map_err(|e| {
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_header",
-                format!("the {name} header must be non-empty visible ASCII"),
-            )),
-        },
-    }
+                format!("the {name} header: {e}"),
+            )
+            .at(Some(name.to_owned()))
+        })
 }
 
 fn check_task(topology: &Topology, task: &str, path: Option<String>) -> Result<(), ApiError> {
