@@ -527,8 +527,9 @@ const EVERY_2S_ALL: &str =
 
 /// Acceptance: `kill -STOP` of the leader for 30 s. Its lease runs out (PostgreSQL ends the
 /// silent session), a standby publishes due renewals and cron ticks within 15 s, and after
-/// `kill -CONT` the old leader publishes nothing: its own counters stay where they were and
-/// no message is published twice.
+/// `kill -CONT` the old leader publishes nothing: its log shows no publish after the freeze,
+/// no renewal is published twice and no tick after the freeze is (the one tick it may have
+/// had in flight when frozen is the documented crash window).
 #[tokio::test(flavor = "multi_thread")]
 async fn frozen_leader_loses_the_lease_and_publishes_nothing_when_it_resumes() {
     let env = TestEnv::new(&format!("{FAST_CONFIG}{EVERY_2S_ALL}")).await;
