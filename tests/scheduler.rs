@@ -432,3 +432,329 @@ async fn builtin_cron_tasks_sweep_stale_payments_and_prune_job_runs() {
     drop(w);
     env.cleanup().await;
 }
+
+/// Seeds `n` ACTIVE Pagar.me subscriptions whose period ends at `end` (SQL, database clock).
+async fn seed_ending(env: &TestEnv, n: usize, end: &str) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let customer = Uuid::new_v4();
+        let sub = Uuid::new_v4();
+        sqlx::query("INSERT INTO customers (id, email) VALUES ($1, 'c@example.com')")
+            .bind(customer)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO customer_subscriptions
+               (id, customer_id, provider, is_native, status, current_period_start,
+                current_period_end, canceled_at, amount_cents, metadata)
+             VALUES ($1, $2, 'PAGARME', false, 'ACTIVE', now() - interval '30 days', {end},
+                     NULL, 4990, '{{\"intervalUnit\":\"month\",\"intervalCount\":1}}')"
+        ))
+        .bind(sub)
+        .bind(customer)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        ids.push(sub);
+    }
+    ids
+}
+
+/// A replica's metrics, or `None` when it does not answer within a second (a frozen
+/// process accepts the connection but never replies).
+async fn metrics_within_1s(w: &Worker) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    client
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// Replicas reporting `warren_scheduler_is_leader 1`; frozen ones do not answer and are
+/// not counted.
+async fn answering_leaders(replicas: &[Worker]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        if let Some(text) = metrics_within_1s(r).await {
+            if metric(&text, "warren_scheduler_is_leader", &[]) == 1.0 {
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+/// (renewals, cron ticks) a replica's log says it published: the `published=N` of its
+/// "due scan" lines and its "cron tick published" lines.
+fn published_in_log(log: &str) -> (u64, u64) {
+    let mut renewals = 0;
+    let mut ticks = 0;
+    for line in log.lines() {
+        if line.contains("cron tick published") {
+            ticks += 1;
+        }
+        if line.contains("due scan") {
+            if let Some(n) = line.split(" published=").nth(1) {
+                renewals += n
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    (renewals, ticks)
+}
+
+async fn db_now(env: &TestEnv) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+const EVERY_2S_ALL: &str =
+    "\n[[cron]]\nname = \"tick\"\nevery = \"2s\"\ntask = \"cron.test-tick\"\n\
+     overlap = \"allow\"\ncatch_up = \"all\"\n";
+
+/// Acceptance: `kill -STOP` of the leader for 30 s. Its lease runs out (PostgreSQL ends the
+/// silent session), a standby publishes due renewals and cron ticks within 15 s, and after
+/// `kill -CONT` the old leader publishes nothing: its log shows no publish after the freeze,
+/// no renewal is published twice and no tick after the freeze is (the one tick it may have
+/// had in flight when frozen is the documented crash window).
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_leader_loses_the_lease_and_publishes_nothing_when_it_resumes() {
+    let env = TestEnv::new(&format!("{FAST_CONFIG}{EVERY_2S_ALL}")).await;
+    seed(&env, 10, "PAGARME", false, "ACTIVE", true).await;
+    let replicas: Vec<Worker> = (0..3).map(|_| env.scheduler(&[])).collect();
+    eventually(T, "first batch enqueued", || async {
+        enqueued(&env).await == 10
+    })
+    .await;
+    let l = answering_leaders(&replicas).await;
+    assert_eq!(l.len(), 1, "leaders: {l:?}");
+    let old_index = l[0];
+    let old = &replicas[old_index];
+    // Let a cron tick or two go out, then freeze the leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    old.signal("STOP");
+    let frozen = std::time::Instant::now();
+    // Everything the old leader logged up to the freeze (a stopped process writes nothing).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logged_before_freeze = old.logs().len();
+    let frozen_db = db_now(&env).await;
+    seed(&env, 10, "PAGARME", false, "ACTIVE", true).await;
+
+    eventually(
+        Duration::from_secs(15),
+        "a standby publishes the renewals",
+        || async { enqueued(&env).await == 20 },
+    )
+    .await;
+    let standby_renewals = frozen.elapsed();
+    eventually(
+        Duration::from_secs(15).saturating_sub(frozen.elapsed()),
+        "a standby publishes a cron tick",
+        || async {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM cron_ticks WHERE recorded_at > $1")
+                    .bind(frozen_db)
+                    .fetch_one(&env.pool)
+                    .await
+                    .unwrap();
+            n > 0
+        },
+    )
+    .await;
+    eprintln!(
+        "standby published renewals {standby_renewals:?} and a cron tick {:?} after the freeze",
+        frozen.elapsed()
+    );
+    let new_leaders = answering_leaders(&replicas).await;
+    assert_eq!(
+        new_leaders.len(),
+        1,
+        "leaders while frozen: {new_leaders:?}"
+    );
+    assert_ne!(new_leaders[0], old_index);
+
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(frozen.elapsed())).await;
+    old.signal("CONT");
+    let resumed_db = db_now(&env).await;
+    seed(&env, 10, "PAGARME", false, "ACTIVE", true).await;
+    eventually(T, "third batch enqueued", || async {
+        enqueued(&env).await == 30
+    })
+    .await;
+    // Give the old leader time to act if it were going to.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let logs = old.logs();
+    let since_freeze = &logs[logged_before_freeze..];
+    let (renewals, ticks) = published_in_log(&logs[..logged_before_freeze]);
+    assert!(
+        renewals == 10 && ticks >= 1,
+        "the log shows what the leader published before the freeze ({renewals}, {ticks})"
+    );
+    assert_eq!(
+        published_in_log(since_freeze),
+        (0, 0),
+        "the resumed old leader published (renewals, cron ticks); its log since the freeze:\n\
+         {since_freeze}"
+    );
+    let l = answering_leaders(&replicas).await;
+    assert_eq!(l.len(), 1, "leaders after the resume: {l:?}");
+    assert_ne!(l[0], old_index);
+    let late: i64 = sqlx::query_scalar("SELECT count(*) FROM cron_ticks WHERE recorded_at > $1")
+        .bind(resumed_db)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(late > 0, "cron ticks go on after the resume");
+    drop(replicas);
+
+    let msgs = drain(&env, &env.queue("renewals.pagarme")).await;
+    let distinct: HashSet<Vec<u8>> = msgs.iter().map(|m| m.data.clone()).collect();
+    assert_eq!(msgs.len(), 30, "renewal messages");
+    assert_eq!(distinct.len(), 30, "a renewal was published twice");
+    // The one duplicate allowed is the tick the old leader may have had in flight when it
+    // froze (published, not yet committed: its record rolled back with the session and the
+    // new leader published it again, same job id). Nothing after the freeze is published twice.
+    let ticks = drained_ticks(&env).await;
+    let twice: Vec<_> = ticks
+        .windows(2)
+        .filter(|p| p[0] == p[1])
+        .map(|p| p[0])
+        .collect();
+    assert!(
+        twice.len() <= 1 && twice.iter().all(|t| *t <= frozen_db),
+        "ticks published twice: {twice:?} (frozen at {frozen_db}): {ticks:?}"
+    );
+    env.cleanup().await;
+}
+
+/// libfaketime's preload library (Debian package `faketime`), if installed.
+fn libfaketime() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Acceptance: a replica whose clock is 5 minutes fast (libfaketime) leads without
+/// publishing anything early — renewals only once their period has ended and cron ticks only
+/// once their time has come, by the database's clock — reports its skew, and after it fails
+/// over to a replica with a correct clock the ticks go on with no gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_clock_replica_publishes_nothing_early_and_leaves_no_gap() {
+    let Some(lib) = libfaketime() else {
+        eprintln!(
+            "SKIPPED fast_clock_replica_publishes_nothing_early_and_leaves_no_gap: libfaketime \
+             is not installed (apt-get install faketime; scripts/test.sh installs it)"
+        );
+        return;
+    };
+    let env = TestEnv::new(&format!("{FAST_CONFIG}{EVERY_2S_ALL}")).await;
+    // Due in 20 s by the database's clock: a replica 5 minutes fast would take them as due.
+    seed_ending(&env, 5, "now() + interval '20 seconds'").await;
+    let fast_clock = [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", "+300s"),
+        // Timers and leases run on the monotonic clock, which a wrong wall clock leaves alone.
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let mut fast = env.scheduler(&fast_clock);
+    eventually(T, "the fast replica leads", || async {
+        answering_leaders(std::slice::from_ref(&fast)).await == [0]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let early_renewals: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM renewal_enqueues WHERE enqueued_at < period_end")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        early_renewals, 0,
+        "renewals enqueued before their period ended"
+    );
+    let early_ticks: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT tick, recorded_at FROM cron_ticks WHERE recorded_at < tick")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        early_ticks.is_empty(),
+        "ticks published early: {early_ticks:?}"
+    );
+    let by_fast: i64 = sqlx::query_scalar("SELECT count(*) FROM cron_ticks")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        by_fast >= 3,
+        "the fast leader published {by_fast} ticks in 8 s"
+    );
+
+    let m = fast.metrics().await;
+    let skew = metric(&m, "warren_scheduler_clock_skew_seconds", &[]);
+    assert!((295.0..305.0).contains(&skew), "skew gauge {skew}:\n{m}");
+    assert!(
+        fast.logs().contains("clock differs from the database"),
+        "{}",
+        fast.logs()
+    );
+    // Fail over to a replica with a correct clock.
+    let normal = env.scheduler(&[]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fast.kill9();
+    eventually(T, "the correct replica leads", || async {
+        answering_leaders(std::slice::from_ref(&normal)).await == [0]
+    })
+    .await;
+    eventually(T, "the renewals are enqueued once due", || async {
+        enqueued(&env).await == 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let end = db_now(&env).await;
+    drop(normal);
+    drop(fast);
+
+    let early_renewals: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM renewal_enqueues WHERE enqueued_at < period_end")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        early_renewals, 0,
+        "renewals enqueued before their period ended"
+    );
+    let ticks = drained_ticks(&env).await;
+    assert!(ticks.len() >= 8, "{} ticks: {ticks:?}", ticks.len());
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            2,
+            "gap or duplicate: {ticks:?}"
+        );
+    }
+    let last = *ticks.last().unwrap();
+    assert!(last <= end, "tick {last} published before its time ({end})");
+    assert!(
+        end - last < chrono::TimeDelta::seconds(4),
+        "no tick since {last} (now {end}): a gap after failover"
+    );
+    env.cleanup().await;
+}

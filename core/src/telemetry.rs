@@ -41,6 +41,8 @@ pub mod names {
     pub const SCHEDULER_PUBLISHED: &str = "warren_scheduler_published_total";
     /// histogram {provider}: one scan of one provider, seconds.
     pub const SCHEDULER_SCAN_DURATION: &str = "warren_scheduler_scan_duration_seconds";
+    /// gauge: this replica's clock minus the database's, seconds (the scheduler uses the latter).
+    pub const SCHEDULER_CLOCK_SKEW: &str = "warren_scheduler_clock_skew_seconds";
     /// counter {schedule}: cron ticks published.
     pub const CRON_RUNS: &str = "warren_cron_runs_total";
     /// gauge {schedule}: how late the last tick was published, seconds.

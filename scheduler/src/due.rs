@@ -14,13 +14,30 @@
 //! it inserted, waits for every broker confirm, and only then commits. A crash or a failed
 //! publish rolls the records back, so the next scan publishes them again (a lost publish is
 //! retried); a committed record is never published again by the scanner, whatever the
-//! restarts, overlapping ticks or replicas. The one window left — confirms received, commit
-//! lost — republishes the same deterministic job id, which the worker's ledger and the
-//! handler's idempotency key make harmless.
+//! restarts, overlapping ticks or replicas.
+//!
+//! **Fenced.** On the leader ([`scan_leased`]) that transaction runs on the lease's own
+//! session and proves, after the inserts and before the first publish, that the session
+//! still holds the leader lock; every publish then starts only while the lease is trusted
+//! ([`crate::leader::Fence`]). A replica that lost the lease (frozen, partitioned, replaced)
+//! publishes nothing more and its records roll back.
+//!
+//! **Database time.** The due cutoff is the database's clock, read once per scan by the
+//! caller ([`scan_leased`]) or with `now()` ([`scan`]); a replica's own clock is never used.
+//!
+//! **What a crash costs.** Only a transaction's published-but-uncommitted messages: a leader
+//! that dies (or loses its lease) after publishing part of a page and before its commit
+//! leaves those messages in the broker while its records roll back, so the next leader
+//! publishes the whole page again. That is at most one page (`--scan-page`, default 1000) of
+//! duplicate messages per crash, each with the same deterministic job id and idempotency key
+//! as its twin, which the worker's ledger and the handler's idempotency key absorb.
+//! Confirms received and the commit lost is the same case with the whole page sent.
 
+use crate::leader::{Fence, Leadership, LeaseError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::cell::Cell;
 use uuid::Uuid;
 use warren_core::envelope::job_id_for_key;
 use warren_core::task::RenewalPayload;
@@ -179,6 +196,8 @@ pub enum ScanError {
     Db(#[from] sqlx::Error),
     #[error("publishing renewals: {0}")]
     Publish(#[from] PublishError),
+    #[error("leadership: {0}")]
+    Lease(#[from] LeaseError),
 }
 
 /// What one scan of one kind did.
@@ -243,24 +262,62 @@ pub async fn count_due(
     .await
 }
 
-/// Scans one kind and, unless observe-only or dry run, enqueues every attempt not yet
-/// enqueued (see the module docs).
+/// Scans one kind as the leader: everything due at `cutoff` (the database's clock, read by
+/// the caller), each page's enqueue fenced by `lease` (see the module docs). Stops with
+/// [`ScanError::Lease`] as soon as the lease is lost, observe-only kinds included.
+pub async fn scan_leased(
+    pool: &PgPool,
+    lease: &mut Leadership,
+    producer: Option<&Producer>,
+    kind: DueKind,
+    page_size: i64,
+    cutoff: DateTime<Utc>,
+) -> Result<ScanReport, ScanError> {
+    scan_with(pool, Some(lease), producer, kind, page_size, cutoff).await
+}
+
+/// Scans one kind outside leadership (`warren bench-due`): the cutoff is the database's
+/// `now()`, each page's enqueue runs on a pooled connection, unfenced. The records still
+/// make each attempt's publish happen once.
 pub async fn scan(
     pool: &PgPool,
     producer: Option<&Producer>,
     kind: DueKind,
     page_size: i64,
 ) -> Result<ScanReport, ScanError> {
-    let now = Utc::now();
+    let cutoff: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    scan_with(pool, None, producer, kind, page_size, cutoff).await
+}
+
+async fn scan_with(
+    pool: &PgPool,
+    mut lease: Option<&mut Leadership>,
+    producer: Option<&Producer>,
+    kind: DueKind,
+    page_size: i64,
+    cutoff: DateTime<Utc>,
+) -> Result<ScanReport, ScanError> {
     let mut report = ScanReport::default();
     let mut after = scan_start();
     loop {
-        let page = due_page(pool, kind, now, after, page_size).await?;
+        if let Some(l) = lease.as_deref_mut() {
+            l.keep_alive().await?;
+        }
+        let page = due_page(pool, kind, cutoff, after, page_size).await?;
         let Some(last) = page.last() else { break };
         after = (last.at, last.subscription_id);
         report.due += page.len() as u64;
         if let (Some(task), Some(producer)) = (kind.task(), producer) {
-            report.published += enqueue(pool, producer, kind, task, &page).await?;
+            report.published += match lease.as_deref_mut() {
+                Some(l) => {
+                    let (conn, fence) = l.parts();
+                    enqueue(conn, Some(fence), producer, kind, task, &page).await?
+                }
+                None => {
+                    let mut conn = pool.acquire().await?;
+                    enqueue(&mut conn, None, producer, kind, task, &page).await?
+                }
+            };
         }
         if (page.len() as i64) < page_size {
             break;
@@ -269,8 +326,11 @@ pub async fn scan(
     Ok(report)
 }
 
+/// One page's enqueue transaction on `conn`; with a fence, proven before the first publish
+/// and checked before each.
 async fn enqueue(
-    pool: &PgPool,
+    conn: &mut PgConnection,
+    mut fence: Option<&mut Fence>,
     producer: &Producer,
     kind: DueKind,
     task: &str,
@@ -284,7 +344,7 @@ async fn enqueue(
     let ends: Vec<DateTime<Utc>> = page.iter().map(|d| d.period_end).collect();
     let attempts: Vec<i16> = page.iter().map(|d| d.attempt).collect();
     let job_ids: Vec<Uuid> = keys.iter().map(|k| job_id_for_key(k)).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let fresh: Vec<(Uuid, DateTime<Utc>, i16, Uuid, String)> = sqlx::query_as(
         "INSERT INTO renewal_enqueues
                 (subscription_id, period_end, attempt, provider, job_id, idempotency_key)
@@ -306,7 +366,18 @@ async fn enqueue(
         tx.rollback().await?;
         return Ok(0);
     }
-    let bodies = fresh.iter().map(|(sub, end, attempt, job, key)| {
+    if let Some(f) = fence.as_deref_mut() {
+        f.prove(&mut tx).await?;
+    }
+    let fence = fence.as_deref();
+    let lapsed = Cell::new(false);
+    let bodies = fresh.iter().map_while(|(sub, end, attempt, job, key)| {
+        // Checked as publish_many takes each message, before publishing it (it takes at most
+        // one window ahead of the confirms).
+        if fence.is_some_and(|f| !f.valid()) {
+            lapsed.set(true);
+            return None;
+        }
         let body = serde_json::to_vec(&RenewalPayload {
             subscription_id: *sub,
             period_end: *end,
@@ -318,10 +389,14 @@ async fn enqueue(
             idempotency_key: Some(key.clone()),
             ..Default::default()
         };
-        (body, opts)
+        Some((body, opts))
     });
     // Every confirm before the commit: a failure rolls the records back for the next scan.
     producer.publish_many(task, bodies, 256, |_| {}).await?;
+    if let (true, Some(f)) = (lapsed.get(), fence) {
+        let _ = tx.rollback().await;
+        return Err(f.expired().into());
+    }
     tx.commit().await?;
     Ok(fresh.len() as u64)
 }

@@ -7,14 +7,20 @@
 //! tick key is the idempotency key, so the crash window (confirm received, commit lost)
 //! republishes the same job id, which the worker's ledger absorbs.
 //!
+//! **Fenced, on the database's clock.** The transaction runs on the leader's lease session
+//! and proves the lease before publishing ([`crate::leader::Fence`]); `now` is the
+//! database's `clock_timestamp()` read once per pass by the caller, so a replica with a wrong
+//! clock neither publishes a tick early nor records one from its future.
+//!
 //! **Overlap.** With `overlap = "skip"`, a tick whose schedule's previous published job has
 //! not finished (its `job_runs` row is not `succeeded` or `dead_lettered`) is recorded as
 //! `skipped` and not published. A previous run older than [`STUCK_AFTER`] counts as finished,
 //! so one lost job cannot silence a schedule forever.
 
 use crate::cron::{Overlap, Schedule, ScheduleConfig, ScheduleError};
+use crate::leader::{Leadership, LeaseError};
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
 use warren_core::envelope::job_id_for_key;
@@ -52,6 +58,8 @@ pub enum TickError {
     Db(#[from] sqlx::Error),
     #[error("publishing a cron tick: {0}")]
     Publish(#[from] PublishError),
+    #[error("leadership: {0}")]
+    Lease(#[from] LeaseError),
 }
 
 /// The latest recorded tick of one schedule, for `warren status`.
@@ -79,9 +87,11 @@ pub async fn last_ticks(pool: &PgPool) -> Result<Vec<LastTick>, sqlx::Error> {
     .await
 }
 
-/// Runs every due tick of every schedule; returns how many were published.
+/// Runs every due tick of every schedule at `now` (the database's clock), each in a
+/// transaction fenced by `lease`; returns how many were published.
 pub async fn run_due(
     pool: &PgPool,
+    lease: &mut Leadership,
     producer: &Producer,
     schedules: &[Schedule],
     now: DateTime<Utc>,
@@ -94,7 +104,7 @@ pub async fn run_due(
                 .fetch_one(pool)
                 .await?;
         for tick in s.due_ticks(last, now) {
-            if run_tick(pool, producer, s, tick, now).await? {
+            if run_tick(pool, lease, producer, s, tick, now).await? {
                 published += 1;
             }
         }
@@ -104,6 +114,7 @@ pub async fn run_due(
 
 async fn run_tick(
     pool: &PgPool,
+    lease: &mut Leadership,
     producer: &Producer,
     s: &Schedule,
     tick: DateTime<Utc>,
@@ -115,7 +126,8 @@ async fn run_tick(
         Overlap::Allow => None,
         Overlap::Skip => previous_unfinished(pool, s.name(), now).await?,
     };
-    let mut tx = pool.begin().await?;
+    let (conn, fence) = lease.parts();
+    let mut tx = conn.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO cron_ticks (schedule, tick, job_id, status, reason)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -142,11 +154,13 @@ async fn run_tick(
         tracing::info!(schedule = s.name(), %tick, %reason, "cron tick skipped (overlap = skip)");
         return Ok(false);
     }
+    fence.prove(&mut tx).await?;
     let opts = PublishOptions {
         id: Some(job_id.to_string()),
         idempotency_key: Some(key),
         ..Default::default()
     };
+    fence.check_local()?;
     producer.publish(s.task(), s.payload(), &opts).await?;
     tx.commit().await?;
     let lag = (now - tick).num_milliseconds().max(0) as f64 / 1000.0;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use warren_core::config::FileConfig;
 use warren_core::{db, telemetry};
 use warren_scheduler::due::ProviderFlags;
+use warren_scheduler::leader::LeaseConfig;
 use warren_scheduler::run::SchedulerConfig;
 
 #[derive(Args, Debug, Clone)]
@@ -22,10 +23,39 @@ pub struct SchedulerArgs {
     #[arg(long, env = "WARREN_LEADER_RETRY", default_value = "2s",
           value_parser = humantime::parse_duration)]
     pub leader_retry: Duration,
+    /// The leader's lease: PostgreSQL ends a leader session silent for this long (frozen,
+    /// stuck or cut off; idle_session_timeout, idle_in_transaction_session_timeout,
+    /// tcp_user_timeout), releasing the lock to a standby; the leader publishes only within
+    /// 4/5 of it after proving the lock held.
+    #[arg(long, env = "WARREN_LEADER_LEASE", default_value = "10s",
+          value_parser = parse_lease)]
+    pub leader_lease: Duration,
+    /// lock_timeout of the leader's enqueue transactions.
+    #[arg(long, env = "WARREN_SCAN_LOCK_TIMEOUT", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub scan_lock_timeout: Duration,
+    /// statement_timeout of the leader's enqueue transactions.
+    #[arg(long, env = "WARREN_SCAN_STATEMENT_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub scan_statement_timeout: Duration,
+    /// Warn (and show in warren_scheduler_clock_skew_seconds) when this replica's clock
+    /// differs from the database's by more than this; the scheduler uses the database's.
+    #[arg(long, env = "WARREN_MAX_CLOCK_SKEW", default_value = "2s",
+          value_parser = humantime::parse_duration)]
+    pub max_clock_skew: Duration,
     #[command(flatten)]
     pub providers: ProviderArgs,
     #[command(flatten)]
     pub relay: super::relay::RelayArgs,
+}
+
+/// A lease of 2 s to 1 h: the leader talks to its session about once a second.
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(2) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is not between 2s and 1h"));
+    }
+    Ok(d)
 }
 
 /// Per-provider rollout flags. Unset flags fall back to `[providers.NAME]` in the config
@@ -79,8 +109,13 @@ pub async fn start(
     let file = FileConfig::load(g.config.as_deref())?;
     let (pagarme, appmax) = a.providers.resolve(&file);
     let schedules = warren_scheduler::ticks::schedules(&file.cron)?;
+    let lease = LeaseConfig {
+        lease: a.leader_lease,
+        lock_timeout: a.scan_lock_timeout,
+        statement_timeout: a.scan_statement_timeout,
+    };
     tracing::info!(?pagarme, ?appmax, scan_interval = ?a.scan_interval,
-        schedules = schedules.len(), "scheduler starting");
+        schedules = schedules.len(), ?lease, "scheduler starting");
     let pool = db::lazy_pool(&g.database_url, 4)?;
     let cfg = SchedulerConfig {
         database_url: g.database_url.clone(),
@@ -90,6 +125,8 @@ pub async fn start(
         pagarme,
         appmax,
         leader_retry: a.leader_retry,
+        lease,
+        max_clock_skew: a.max_clock_skew,
         schedules,
     };
     // One connection for scans, cron and the relay. Every replica relays the outbox (rows
