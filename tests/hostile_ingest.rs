@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::ingest::Ingest;
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -13,44 +14,14 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "tok-hostile-9c1e-secret";
 
-/// A running `warren ingest` and its API base URL.
-struct Ingest {
-    proc: Worker,
-    base: String,
-    http: reqwest::Client,
-}
-
 impl Ingest {
+    /// `warren ingest` with the test token.
     async fn start(env: &TestEnv) -> Self {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let proc = env.spawn(
-            &["ingest", "--listen", &listen],
+        Self::spawn(
+            env,
             &[("WARREN_INGEST_TOKENS", TOKEN), ("RUST_LOG", "info")],
-        );
-        let me = Self {
-            proc,
-            base: format!("http://{listen}"),
-            http: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + T;
-        loop {
-            if let Ok(r) = me.http.get(me.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ingest not ready:\n{}",
-                me.proc.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        me
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        )
+        .await
     }
 
     /// POSTs `body` with the token and `headers`; returns status, response headers and the

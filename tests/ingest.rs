@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::ingest::Ingest;
 use common::*;
 use serde_json::{json, Value};
 use std::process::Command;
@@ -19,16 +20,9 @@ const FILE_TOKEN: &str = "tok-from-file-77aa-secret";
 /// Ordinary tests share it; the RabbitMQ outage takes it exclusively.
 static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// A running `warren ingest` and its API base URL.
-struct Ingest {
-    proc: Worker,
-    base: String,
-    http: reqwest::Client,
-}
-
 impl Ingest {
+    /// `warren ingest` with the test tokens (env and file) and `envs`.
     async fn start(env: &TestEnv, envs: &[(&str, &str)]) -> Self {
-        let listen = format!("127.0.0.1:{}", free_port());
         let tokens_file = std::env::temp_dir().join(format!("{}-tokens", env.ns));
         std::fs::write(&tokens_file, format!("# test tokens\n{FILE_TOKEN}\n")).unwrap();
         let mut all = vec![
@@ -41,35 +35,7 @@ impl Ingest {
         ];
         all.extend(envs.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let proc = env.spawn(&["ingest", "--listen", &listen], &all);
-        let me = Self {
-            proc,
-            base: format!("http://{listen}"),
-            http: reqwest::Client::new(),
-        };
-        me.wait_ready().await;
-        me
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + T;
-        loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ingest not ready:\n{}",
-                self.proc.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        Self::spawn(env, &all).await
     }
 
     /// POSTs `body` (raw bytes) with the token and extra headers; returns status, headers

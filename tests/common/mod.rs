@@ -2,6 +2,7 @@
 //! `warren` binary, the real RabbitMQ and PostgreSQL on this machine.
 #![allow(dead_code)]
 
+pub mod ingest;
 pub mod invariants;
 pub mod money;
 pub mod proxy;
