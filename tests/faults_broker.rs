@@ -1,6 +1,7 @@
-//! Issue #7 fault cases around the broker link: a blackholed connection (5), a job failing
-//! forever (7), a job longer than the broker's `consumer_timeout` (16), delayed jobs across
-//! a RabbitMQ restart (18) and scaling workers 1 → 5 → 1 under load (20). After each, the
+//! Fault cases around the broker link: a blackholed connection (5), a job failing forever
+//! (7), a job longer than the broker's `consumer_timeout` (16), delayed jobs across a
+//! RabbitMQ restart (18), scaling workers 1 → 5 → 1 under load (20), and resource alarms
+//! seen by workers and ingest. After each, the
 //! global invariants: every confirmed job settled (succeeded, or dead-lettered with a reason)
 //! and no job retried without bound.
 //!
@@ -501,6 +502,267 @@ async fn a_memory_alarm_shows_on_readiness_and_clears() {
         0.0
     );
     env.wait_status(&job, "succeeded", T).await;
+    drop(w);
+    env.cleanup().await;
+}
+
+/// What one ingest client saw for one request.
+#[derive(Debug, Clone)]
+struct Answer {
+    /// `X-Job-Id` sent (id clients) or `Idempotency-Key` sent (key clients).
+    id: Option<String>,
+    key: Option<String>,
+    /// The request body (a retry with the same key must send the same).
+    sent: serde_json::Value,
+    status: u16,
+    body: serde_json::Value,
+    started: Instant,
+    took: Duration,
+}
+
+/// The job ids an answer's body lists.
+fn listed_ids(body: &serde_json::Value) -> Vec<String> {
+    body["jobs"]
+        .as_array()
+        .map(|jobs| {
+            jobs.iter()
+                .filter_map(|j| j["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Under a memory alarm, ingest says so on `/readyz` within seconds and answers every
+/// request within a second: 202 only for jobs the broker confirmed, 503 "not accepted"
+/// (`broker_blocked`) only when nothing was sent, and 503 `outcome_unknown` with the ids
+/// for jobs sent but not confirmed. After the alarm: every 202 job ran, no "not accepted"
+/// job ran, and retrying the unknown ones (same id, or same Idempotency-Key) runs each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_answers_at_once_and_truthfully_under_a_memory_alarm() {
+    let _exclusive = SERIAL.write().await;
+    let env = TestEnv::new("[retry]\ntiers = [\"1s\"]\n").await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    const TOKEN: &str = "tok-alarm-7c1e-secret";
+    let ingest = common::ingest::Ingest::spawn(&env, &[("WARREN_INGEST_TOKENS", TOKEN)]).await;
+    // A job that keeps failing for a while, so the worker publishes retries during the alarm.
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(20)).to_rfc3339();
+    let retrying = id();
+    let props = lapin::BasicProperties::default()
+        .with_message_id(retrying.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers({
+            let mut h = lapin::types::FieldTable::default();
+            warren_core::envelope::set_int(&mut h, "x-max-attempts", 60);
+            h
+        });
+    let body = json!({ "mode": "retryable", "until": until }).to_string();
+    env.publish("demo.fail", body.as_bytes(), props).await;
+
+    // Ten clients of normal load: eight send their own job ids, two an Idempotency-Key.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Answer>::new()));
+    let mut clients = Vec::new();
+    for c in 0..10 {
+        let (stop, answers) = (stop.clone(), answers.clone());
+        let url = ingest.url("/v1/jobs/demo.noop");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let sent = json!({"c": c, "n": n});
+                let mut req = http.post(&url).bearer_auth(TOKEN).json(&sent);
+                let (mut job, mut key) = (None, None);
+                if c < 8 {
+                    let j = id();
+                    req = req.header("X-Job-Id", &j);
+                    job = Some(j);
+                } else {
+                    let k = format!("alarm-{c}-{n}-{}", id());
+                    req = req.header("Idempotency-Key", &k);
+                    key = Some(k);
+                }
+                let started = Instant::now();
+                let Ok(r) = req.send().await else { continue };
+                let status = r.status().as_u16();
+                let body = r.json().await.unwrap_or(serde_json::Value::Null);
+                answers.lock().unwrap().push(Answer {
+                    id: job,
+                    key,
+                    sent,
+                    status,
+                    body,
+                    started,
+                    took: started.elapsed(),
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alarm = MemoryAlarm::raise();
+    let raised = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "ingest readiness reports the block",
+        || async {
+            let r = ingest.http.get(ingest.url("/readyz")).send().await;
+            match r {
+                Ok(r) if r.status() == 503 => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["flow"] == json!(false) && v["broker"] == json!(true)),
+                _ => false,
+            }
+        },
+    )
+    .await;
+    let ingest_blocked = raised.elapsed();
+    eventually(
+        Duration::from_secs(10),
+        "worker readiness reports the block",
+        || async { matches!(w.readyz().await, Some((503, body)) if body["flow"] == json!(false)) },
+    )
+    .await;
+    let worker_blocked = raised.elapsed();
+    eprintln!("blocked on /readyz after: ingest {ingest_blocked:?}, worker {worker_blocked:?}");
+    assert!(
+        ingest_blocked < Duration::from_secs(5),
+        "{ingest_blocked:?}"
+    );
+    assert!(
+        worker_blocked < Duration::from_secs(5),
+        "{worker_blocked:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let m = reqwest::get(ingest.proc.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&m, "warren_broker_blocked", &[]), 1.0);
+    drop(alarm);
+    let cleared = Instant::now();
+    ingest.wait_ready().await;
+    w.wait_ready(T).await;
+    eprintln!(
+        "ready again {:?} after the alarm cleared",
+        cleared.elapsed()
+    );
+
+    let answers = answers.lock().unwrap().clone();
+    let during: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.started + a.took >= raised)
+        .collect();
+    let slowest = during.iter().map(|a| a.took).max().unwrap_or_default();
+    let count = |pred: &dyn Fn(&Answer) -> bool| during.iter().filter(|a| pred(a)).count();
+    eprintln!(
+        "{} requests in all; during the alarm {}: 202 {}, not accepted {}, outcome unknown {}, \
+         other {}; slowest answer during the alarm {slowest:?}",
+        answers.len(),
+        during.len(),
+        count(&|a| a.status == 202),
+        count(&|a| a.body["error"] == "broker_blocked"),
+        count(&|a| a.body["error"] == "outcome_unknown"),
+        count(&|a| a.status != 202
+            && a.body["error"] != "broker_blocked"
+            && a.body["error"] != "outcome_unknown"),
+    );
+    assert!(
+        count(&|a| a.body["error"] == "broker_blocked") > 0,
+        "no request was refused during the alarm"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an answer took {slowest:?}"
+    );
+    for a in &answers {
+        assert!(
+            a.status == 202
+                || (a.status == 503
+                    && (a.body["error"] == "broker_blocked"
+                        || a.body["error"] == "outcome_unknown")),
+            "unexpected answer {a:?}"
+        );
+    }
+    // Every 202 job ran.
+    let accepted: Vec<String> = answers
+        .iter()
+        .filter(|a| a.status == 202)
+        .flat_map(|a| listed_ids(&a.body))
+        .collect();
+    for job in &accepted {
+        env.wait_status(job, "succeeded", T).await;
+    }
+    // Retry each unknown outcome the way the answer says: same id, or same key.
+    let mut retried = Vec::new();
+    for a in answers
+        .iter()
+        .filter(|a| a.body["error"] == "outcome_unknown")
+    {
+        let ids = listed_ids(&a.body);
+        assert_eq!(ids.len(), 1, "{a:?}");
+        let mut req = ingest
+            .http
+            .post(ingest.url("/v1/jobs/demo.noop"))
+            .bearer_auth(TOKEN);
+        if let Some(j) = &a.id {
+            assert_eq!(&ids[0], j);
+            req = req.header("X-Job-Id", j);
+        }
+        if let Some(k) = &a.key {
+            req = req.header("Idempotency-Key", k);
+        }
+        // The same body as the first attempt: the key's fingerprint covers it.
+        let r = req.json(&a.sent).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "retry of {a:?}: {body}");
+        assert_eq!(
+            listed_ids(&body),
+            ids,
+            "the retry publishes under the same id"
+        );
+        retried.push(ids[0].clone());
+    }
+    for job in &retried {
+        env.wait_status(job, "succeeded", T).await;
+    }
+    // No job answered "not accepted" ran: wait until the queue is empty, then look.
+    let refused: Vec<String> = answers
+        .iter()
+        .filter(|a| a.body["error"] == "broker_blocked")
+        .filter_map(|a| a.id.clone())
+        .collect();
+    env.wait_status(&retrying, "succeeded", T).await;
+    eventually(T, "the queue drained", || async {
+        env.ready(&env.queue("default")).await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ran: Vec<(String,)> = sqlx::query_as("SELECT job_id FROM job_runs WHERE job_id = ANY($1)")
+        .bind(&refused)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        ran.is_empty(),
+        "jobs answered \"not accepted\" ran: {ran:?}"
+    );
+    let twice = ran_twice(&env, &[accepted, retried].concat()).await;
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    drop(ingest);
     drop(w);
     env.cleanup().await;
 }

@@ -101,3 +101,66 @@ async fn an_abandoned_claim_is_released() {
     ));
     env.cleanup().await;
 }
+
+/// An answer of unknown outcome (503 listing the job ids that may run) is kept, not
+/// forgotten: a retry with the key resumes the claim with that answer (so it publishes under
+/// the same ids); a retry that publishes nothing gives the claim back to the unknown outcome,
+/// even when it dies holding it; only a final answer is replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_outcome_is_resumed_under_the_same_ids() {
+    use warren_producer::ingest::{Claim, Store};
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let store = Store::new(env.pool.clone(), Duration::from_secs(3600));
+    let unknown = r#"{"error":"outcome_unknown","outcome":"unknown","jobs":[{"id":"j-1","task":"demo.noop","outcome":"unknown"}]}"#;
+    assert_eq!(store.claim("scope", "k", "h").await.unwrap(), Claim::New);
+    store.complete("scope", "k", 503, unknown).await.unwrap();
+    // Another request with the same key but a different body is still a misuse.
+    assert_eq!(
+        store.claim("scope", "k", "other").await.unwrap(),
+        Claim::Mismatch
+    );
+    let resumed = Claim::Resume {
+        earlier: unknown.to_owned(),
+    };
+    assert_eq!(store.claim("scope", "k", "h").await.unwrap(), resumed);
+    // While the retry runs, a concurrent one waits instead of resuming too.
+    let started = Instant::now();
+    assert_eq!(
+        store.claim("scope", "k", "h").await.unwrap(),
+        Claim::InProgress
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    // The retry published nothing (say the broker was blocked): the ids are kept.
+    store.release("scope", "k").await.unwrap();
+    assert_eq!(store.claim("scope", "k", "h").await.unwrap(), resumed);
+    // The retry dies holding the claim: the guard gives it back to the unknown outcome.
+    let s = store.clone();
+    let joined = tokio::spawn(async move {
+        let _guard = s.guard("scope", "k");
+        panic!("a handler bug while holding a resumed claim");
+    })
+    .await;
+    assert!(joined.unwrap_err().is_panic());
+    let mut again = None;
+    for _ in 0..50 {
+        match store.claim("scope", "k", "h").await.unwrap() {
+            Claim::InProgress => continue,
+            other => {
+                again = Some(other);
+                break;
+            }
+        }
+    }
+    assert_eq!(again, Some(resumed));
+    // This time every job was confirmed: the 202 is final and replayed from now on.
+    let accepted = r#"{"jobs":[{"id":"j-1","task":"demo.noop"}]}"#;
+    store.complete("scope", "k", 202, accepted).await.unwrap();
+    assert_eq!(
+        store.claim("scope", "k", "h").await.unwrap(),
+        Claim::Replay {
+            status: 202,
+            body: accepted.to_owned()
+        }
+    );
+    env.cleanup().await;
+}

@@ -561,7 +561,7 @@ async fn openapi_and_health_endpoints() {
         .json()
         .await
         .unwrap();
-    assert_eq!(r, json!({"broker": true}));
+    assert_eq!(r, json!({"broker": true, "flow": true}));
     let (s, _, v) = ingest.post("/v2/nothing", Some(TOKEN), &[], "{}").await;
     assert_eq!((s, v["error"].as_str()), (404, Some("not_found")));
     // The metrics listener is the role's usual one.

@@ -60,8 +60,8 @@ pub mod names {
     /// counter {provider, outcome = paid|declined|failed|left}: stale payment transactions
     /// the `cron.fail-stale-payments` sweep reconciled with the provider.
     pub const STALE_PAYMENTS: &str = "warren_stale_payments_total";
-    /// gauge: 1 while RabbitMQ blocks the worker's connection (a memory or disk alarm:
-    /// publishes wait), 0 otherwise.
+    /// gauge: 1 while RabbitMQ blocks the process's connection (a memory or disk alarm:
+    /// publishes wait; ingest refuses requests), 0 otherwise.
     pub const BROKER_BLOCKED: &str = "warren_broker_blocked";
     /// gauge: 1 while the role is ready (what `/readyz` answers), 0 otherwise; set on every
     /// scrape, so alerts can tell a running-but-unready process from a dead one.

@@ -5,9 +5,16 @@
 //! on, and an optional watcher that keeps `/readyz` and `warren_broker_connected` true to the
 //! connection while nothing publishes. Every (re)connect declares the topology, as the
 //! worker does.
+//!
+//! Flow control: RabbitMQ blocks a connection's publishes during a memory or disk alarm, and
+//! tells a connection so (`connection.blocked`) only once it publishes. The watcher can
+//! probe (see [`SharedBroker::with_flow_probe`]) so an idle publisher learns of an alarm
+//! before a caller's publish gets stuck behind it; the `flow` health check and
+//! `warren_broker_blocked` follow the connection's state.
 
 use crate::{Producer, PublishError};
-use lapin::Connection;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -18,6 +25,9 @@ use warren_core::topology::Topology;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed connect, requests fail fast for this long instead of each trying again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// Routing key of the flow probe on the default exchange, which routes by queue name: no
+/// client may declare a queue named `amq.*`, so the probe reaches no queue and is dropped.
+const FLOW_PROBE_KEY: &str = "amq.warren.flow-probe";
 
 /// RabbitMQ is unreachable (the message says why; it never contains the URL's password).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +46,34 @@ impl Link {
     fn alive(&self) -> bool {
         self.conn.status().connected() && self.producer.channel().status().connected()
     }
+
+    /// RabbitMQ blocks this connection's publishes (a memory or disk alarm): whatever is
+    /// published now waits, unconfirmed, until the alarm clears.
+    pub fn blocked(&self) -> bool {
+        self.conn.status().blocked()
+    }
+
+    /// Publishes nothing anyone receives, so that RabbitMQ, during an alarm, blocks this
+    /// connection and says so now rather than on the next real publish.
+    fn probe_flow(&self) {
+        let channel = self.producer.channel().clone();
+        tokio::spawn(async move {
+            let sent = channel.basic_publish(
+                "".into(),
+                FLOW_PROBE_KEY.into(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default(),
+            );
+            // The confirm arrives (for a message no queue took) once the connection flows.
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                if let Ok(confirm) = sent.await {
+                    let _ = confirm.await;
+                }
+            })
+            .await;
+        });
+    }
 }
 
 #[derive(Default)]
@@ -52,19 +90,31 @@ pub struct SharedBroker {
     topology: Topology,
     health: Health,
     state: Mutex<State>,
+    probe_flow: bool,
 }
 
 impl SharedBroker {
     /// Nothing is opened until [`link`](Self::link) (or the watcher) needs it. `health`'s
-    /// `broker` check follows the connection.
+    /// `broker` check follows the connection, its `flow` check whether RabbitMQ blocks it.
     pub fn new(url: String, role: &'static str, topology: Topology, health: Health) -> Self {
+        health.set("flow", true);
         Self {
             url,
             role,
             topology,
             health,
             state: Mutex::new(State::default()),
+            probe_flow: false,
         }
+    }
+
+    /// The watcher also publishes a probe no queue receives on every check while the
+    /// connection flows, so a resource alarm blocks the connection, and shows on `/readyz`,
+    /// within a check of being raised even while nothing else publishes. For roles whose
+    /// connection exists to publish (ingest), never for one that must keep acking.
+    pub fn with_flow_probe(mut self) -> Self {
+        self.probe_flow = true;
+        self
     }
 
     /// The current link, connecting first when there is none or it died.
@@ -97,6 +147,7 @@ impl SharedBroker {
                 st.link = Some(link.clone());
                 st.last_failure = None;
                 self.mark(true);
+                self.mark_flow(false);
                 tracing::info!(generation = st.generation, "connected to RabbitMQ");
                 Ok(link)
             }
@@ -137,10 +188,14 @@ impl SharedBroker {
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                _ = tick.tick() => {
-                    if let Err(e) = self.link().await {
-                        tracing::debug!(error = %e, "broker still unavailable");
+                _ = tick.tick() => match self.link().await {
+                    Ok(link) => {
+                        let blocked = self.follow_flow(&link);
+                        if self.probe_flow && !blocked {
+                            link.probe_flow();
+                        }
                     }
+                    Err(e) => tracing::debug!(error = %e, "broker still unavailable"),
                 }
             }
         }
@@ -191,6 +246,27 @@ impl SharedBroker {
         st.last_failure = Some((Instant::now(), why.clone()));
         self.mark(false);
         Unavailable(why)
+    }
+
+    /// Records whether RabbitMQ blocks `link`'s connection (`flow` check,
+    /// `warren_broker_blocked`), logging the changes. Returns whether it does.
+    pub fn follow_flow(&self, link: &Link) -> bool {
+        let blocked = link.blocked();
+        let was_blocked = !self.health.is_up("flow");
+        if blocked != was_blocked {
+            if blocked {
+                tracing::warn!(role = self.role, "RabbitMQ blocks publishes (a memory or disk alarm): publishes are refused until it clears; not ready");
+            } else {
+                tracing::info!(role = self.role, "RabbitMQ accepts publishes again");
+            }
+        }
+        self.mark_flow(blocked);
+        blocked
+    }
+
+    fn mark_flow(&self, blocked: bool) {
+        self.health.set("flow", !blocked);
+        metrics::gauge!(names::BROKER_BLOCKED).set(if blocked { 1.0 } else { 0.0 });
     }
 
     fn mark(&self, up: bool) {

@@ -40,7 +40,7 @@ pub async fn run(g: &Global, a: IngestArgs) -> anyhow::Result<()> {
     }
     let topology = g.topology()?;
     let pool = db::lazy_pool(&g.database_url, 8)?;
-    let health = telemetry::Health::new(&["broker"]);
+    let health = telemetry::Health::new(&["broker", "flow"]);
     telemetry::serve(g.metrics_addr, health.clone()).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await

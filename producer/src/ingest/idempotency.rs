@@ -1,5 +1,11 @@
 //! `Idempotency-Key` records in PostgreSQL (`ingest_idempotency`, migration
 //! 20261123000006): claim first by insert, answer, then store the answer.
+//!
+//! A record is one of: claimed (no status, no answer), answered (a status below 500 and its
+//! answer, replayed to a repeat), or of unknown outcome (a 5xx status and an answer listing
+//! the job ids that may run). A repeat of an unknown outcome resumes the claim with that
+//! answer, so it publishes under the same ids; while it runs, the record keeps that answer,
+//! and giving the claim up returns it to "unknown outcome" rather than forgetting the ids.
 
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -18,11 +24,18 @@ pub enum Claim {
     New,
     /// The key was answered before, within the window: send that answer again.
     Replay { status: u16, body: String },
+    /// An earlier request with this key ended with an unknown outcome (its answer,
+    /// `earlier`, lists the job ids): this request owns the key again and publishes under
+    /// the same ids.
+    Resume { earlier: String },
     /// The key was used with a different request.
     Mismatch,
     /// Another request with this key is still running (after waiting for it).
     InProgress,
 }
+
+/// A record as [`Store::claim`] reads it: request hash, status, answer, expired, abandoned.
+type Record = (String, Option<i16>, Option<String>, bool, bool);
 
 /// The idempotency table and its window.
 #[derive(Clone)]
@@ -73,11 +86,11 @@ impl Store {
             if inserted == 1 {
                 return Ok(Claim::New);
             }
-            let row: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(
+            let row: Option<Record> = sqlx::query_as(
                 "SELECT request_hash, status, response, \
-                        created_at < now() - make_interval(secs => $3) \
-                        OR (status IS NULL AND created_at < now() - make_interval(secs => $4)) \
-                 FROM ingest_idempotency WHERE scope = $1 AND key = $2",
+                            created_at < now() - make_interval(secs => $3), \
+                            status IS NULL AND created_at < now() - make_interval(secs => $4) \
+                     FROM ingest_idempotency WHERE scope = $1 AND key = $2",
             )
             .bind(scope)
             .bind(key)
@@ -85,11 +98,12 @@ impl Store {
             .bind(ABANDONED_AFTER_SECS)
             .fetch_optional(&self.pool)
             .await?;
-            let Some((stored_hash, status, response, stale)) = row else {
+            let Some((stored_hash, status, response, expired, abandoned)) = row else {
                 continue; // deleted in between: claim again
             };
-            if stale {
-                // Expired (or abandoned): remove exactly that row, then claim again.
+            if expired || (abandoned && response.is_none()) {
+                // Expired (or abandoned with nothing to resume): remove exactly that row, then
+                // claim again.
                 sqlx::query(
                     "DELETE FROM ingest_idempotency WHERE scope = $1 AND key = $2 \
                      AND request_hash = $3 AND status IS NOT DISTINCT FROM $4",
@@ -105,17 +119,50 @@ impl Store {
             if stored_hash != hash {
                 return Ok(Claim::Mismatch);
             }
-            if let (Some(status), Some(body)) = (status, response) {
-                return Ok(Claim::Replay {
-                    status: status as u16,
-                    body,
-                });
+            match (status, response) {
+                (Some(status), Some(body)) if status < 500 => {
+                    return Ok(Claim::Replay {
+                        status: status as u16,
+                        body,
+                    })
+                }
+                (Some(_), Some(_)) | (None, Some(_)) if abandoned || status.is_some() => {
+                    if let Some(earlier) = self.resume(scope, key, status).await? {
+                        return Ok(Claim::Resume { earlier });
+                    }
+                    continue; // another request resumed it first
+                }
+                _ => {}
             }
             if Instant::now() >= deadline {
                 return Ok(Claim::InProgress);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Takes over a record of unknown outcome (`status` 5xx, or claimed and abandoned) for
+    /// a new attempt; exactly one concurrent caller gets its answer back.
+    async fn resume(
+        &self,
+        scope: &str,
+        key: &str,
+        status: Option<i16>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE ingest_idempotency SET status = NULL, created_at = now(), completed_at = NULL \
+             WHERE scope = $1 AND key = $2 AND response IS NOT NULL \
+               AND ((status IS NULL AND $3::int2 IS NULL \
+                     AND created_at < now() - make_interval(secs => $4)) \
+                    OR status = $3) \
+             RETURNING response",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(status)
+        .bind(ABANDONED_AFTER_SECS)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// Stores the answer of the request that owns the claim.
@@ -139,10 +186,15 @@ impl Store {
         Ok(())
     }
 
-    /// Gives the claim up (the request failed in a way worth retrying, e.g. 503).
+    /// Gives the claim up (nothing was published: the client may retry). A resumed claim
+    /// returns to its earlier unknown outcome instead, keeping the job ids that may run.
     pub async fn release(&self, scope: &str, key: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "DELETE FROM ingest_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL",
+            "WITH forgotten AS ( \
+                 DELETE FROM ingest_idempotency WHERE scope = $1 AND key = $2 \
+                   AND status IS NULL AND response IS NULL) \
+             UPDATE ingest_idempotency SET status = 503, completed_at = now() \
+              WHERE scope = $1 AND key = $2 AND status IS NULL AND response IS NOT NULL",
         )
         .bind(scope)
         .bind(key)

@@ -12,11 +12,13 @@
 mod auth;
 mod idempotency;
 mod linger;
+mod outcome;
 mod wire;
 
 use crate::broker::SharedBroker;
 pub use auth::{Scope, Tokens, TokensError};
 pub use idempotency::{request_hash, Claim, ClaimGuard, Store};
+use outcome::{broker_blocked, broker_down, JobState, Outcome, Sent, RETRY_AFTER_SECS};
 
 use crate::{Producer, PublishError, PublishOptions};
 use axum::body::Bytes;
@@ -51,6 +53,8 @@ pub const MAX_KEY_LEN: usize = limits::MAX_SHORT;
 const MAX_DELAY_SECS: i64 = 31_536_000;
 /// How long the broker may take to confirm a request's messages before it answers 503.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a request waiting for confirms checks whether RabbitMQ blocked the connection.
+const FLOW_CHECK: Duration = Duration::from_millis(50);
 
 /// Everything the API needs.
 pub struct IngestConfig {
@@ -91,12 +95,15 @@ pub async fn serve(
         metrics::Unit::Seconds,
         "Ingest API request wall time"
     );
-    let broker = Arc::new(SharedBroker::new(
-        cfg.amqp_url.clone(),
-        "ingest",
-        cfg.topology.clone(),
-        cfg.health.clone(),
-    ));
+    let broker = Arc::new(
+        SharedBroker::new(
+            cfg.amqp_url.clone(),
+            "ingest",
+            cfg.topology.clone(),
+            cfg.health.clone(),
+        )
+        .with_flow_probe(),
+    );
     let store = Store::new(cfg.pool.clone(), cfg.idempotency_window);
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(
@@ -145,6 +152,30 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// Every `error` code an answer can carry (the OpenAPI document lists the same), besides
+/// `outcome_unknown` (see [`outcome`]).
+pub const ERROR_CODES: &[&str] = &[
+    "unauthorized",
+    "forbidden",
+    "malformed_json",
+    "bad_request",
+    "invalid_header",
+    "invalid_task",
+    "unknown_task",
+    "not_found",
+    "method_not_allowed",
+    "uri_too_long",
+    "headers_too_large",
+    "idempotency_key_in_use",
+    "payload_too_large",
+    "invalid_payload",
+    "invalid_delay",
+    "idempotency_key_reused",
+    "broker_unavailable",
+    "broker_blocked",
+    "database_unavailable",
+];
+
 /// An API error: `{error, message, path?}` with its status.
 #[derive(Debug)]
 pub struct ApiError {
@@ -156,6 +187,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            ERROR_CODES.contains(&code),
+            "{code} is missing from ERROR_CODES"
+        );
         Self {
             status,
             code,
@@ -252,14 +287,15 @@ async fn openapi() -> Response {
     json_response(StatusCode::OK, OPENAPI.to_owned())
 }
 
+/// `200` when connected to RabbitMQ and not blocked by it (`broker`, `flow`), else `503`.
 async fn readyz(State(st): State<Shared>) -> Response {
-    let up = st.health.is_up("broker");
-    let code = if up {
+    let (broker, flow) = (st.health.is_up("broker"), st.health.is_up("flow"));
+    let code = if broker && flow {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(code, json!({ "broker": up }).to_string())
+    json_response(code, json!({ "broker": broker, "flow": flow }).to_string())
 }
 
 async fn not_found() -> ApiError {
@@ -498,17 +534,18 @@ async fn post_batch(
 }
 
 /// Publishes valid jobs, honouring the `Idempotency-Key`: a replay answers the stored
-/// response; a 5xx gives the key up so the client can retry.
+/// response; a refusal (nothing published) gives the key up so the client can retry; an
+/// unknown outcome is kept with its job ids, so a retry with the key publishes under them
+/// again (see [`outcome`]).
 async fn accept(
     st: &AppState,
     scope: &Scope,
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
     idem: Option<String>,
     hash: String,
 ) -> Response {
     let Some(key) = idem else {
-        let (status, body) = publish(st, jobs).await;
-        return json_response(status, body);
+        return answer(&publish(st, jobs).await);
     };
     if key.len() > MAX_KEY_LEN {
         return ApiError::new(
@@ -518,8 +555,18 @@ async fn accept(
         )
         .into_response();
     }
-    match st.store.claim(&scope.0, &key, &hash).await {
-        Ok(Claim::New) => {}
+    let earlier = match st.store.claim(&scope.0, &key, &hash).await {
+        Ok(Claim::New) => None,
+        Ok(Claim::Resume { earlier }) => {
+            // Same request, same ids: whatever of the earlier attempt reached the broker
+            // and this attempt's copies are one job each.
+            for (job, id) in jobs.iter_mut().zip(outcome::earlier_ids(&earlier)) {
+                if job.opts.id.is_none() {
+                    job.opts.id = id;
+                }
+            }
+            Some(earlier)
+        }
         Ok(Claim::Replay { status, body }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
             let mut r = json_response(status, body);
@@ -545,27 +592,46 @@ async fn accept(
             .into_response()
         }
         Err(e) => return database_unavailable(e).into_response(),
-    }
+    };
     // Should this request not finish (a panic, or the client gone and the request dropped),
     // the guard gives the claim up so a retry is not refused for minutes.
     let guard = st.store.guard(&scope.0, &key);
-    let (status, body) = publish(st, jobs).await;
-    let stored = if status.is_server_error() {
-        st.store.release(&scope.0, &key).await
-    } else {
-        st.store
-            .complete(&scope.0, &key, status.as_u16(), &body)
-            .await
+    let mut out = publish(st, jobs).await;
+    if let (Some(earlier), Outcome::Refused(e)) = (&earlier, &out) {
+        if e.status.is_server_error() {
+            // Nothing was sent this time, but the earlier attempt may still run.
+            out = Outcome::Unknown {
+                jobs: outcome::earlier_jobs(earlier),
+                why: format!("this retry was not published ({})", e.message),
+            };
+        }
+    }
+    let (status, body) = out.answer();
+    let stored = match &out {
+        Outcome::Refused(e) if e.status.is_server_error() => st.store.release(&scope.0, &key).await,
+        _ => {
+            st.store
+                .complete(&scope.0, &key, status.as_u16(), &body)
+                .await
+        }
     };
     guard.disarm();
     if let Err(e) = stored {
-        // The jobs are published; only the record is missing. Say so rather than hide it.
+        // The answer stays true; only a retry with this key is no longer recognised.
         tracing::error!(error = %e, "cannot store the Idempotency-Key record");
-        if !status.is_server_error() {
-            return database_unavailable(e).into_response();
-        }
     }
-    json_response(status, body)
+    answer(&out)
+}
+
+/// The HTTP answer of an outcome; a `503` carries `Retry-After`.
+fn answer(out: &Outcome) -> Response {
+    let (status, body) = out.answer();
+    let mut r = json_response(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    r
 }
 
 fn database_unavailable(e: sqlx::Error) -> ApiError {
@@ -577,14 +643,18 @@ fn database_unavailable(e: sqlx::Error) -> ApiError {
     )
 }
 
-/// Publishes every job and waits for every confirm. Returns the status and JSON body.
-async fn publish(st: &AppState, jobs: Vec<Job>) -> (StatusCode, String) {
+/// Publishes every job and waits for every confirm, watching RabbitMQ's flow control while
+/// it waits: see [`outcome`] for what each ending means.
+async fn publish(st: &AppState, jobs: Vec<Job>) -> Outcome {
     let link = match st.broker.link().await {
         Ok(l) => l,
-        Err(e) => return broker_down(&e.to_string()),
+        Err(e) => return Outcome::Refused(broker_down(&e.to_string())),
     };
+    if st.broker.follow_flow(&link) {
+        return Outcome::Refused(broker_blocked());
+    }
     let longest = st.topology.longest_tier();
-    let mut accepted = Vec::with_capacity(jobs.len());
+    let mut sent = Vec::with_capacity(jobs.len());
     let mut pending = Vec::with_capacity(jobs.len());
     let mut held = Vec::new();
     let producer = &link.producer;
@@ -594,65 +664,114 @@ async fn publish(st: &AppState, jobs: Vec<Job>) -> (StatusCode, String) {
             .id
             .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
             .clone();
-        accepted.push(json!({"id": id, "task": job.task}));
+        sent.push(Sent {
+            id,
+            task: job.task.clone(),
+            state: JobState::Unknown,
+        });
         let delay = job
             .run_at
             .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
             .filter(|d| !d.is_zero());
         if delay.is_some_and(|d| d > longest) {
             // Longer than any delay tier: held in PostgreSQL until due (docs/outbox.md).
-            held.push((job, opts));
+            held.push((sent.len() - 1, job, opts));
             continue;
         }
         opts.delay = delay;
         let exchange = match producer.exchange_for(&job.task, &opts) {
             Ok(x) => x,
-            Err(e) => return broker_down(&e.to_string()),
+            Err(e) => return Outcome::Refused(broker_down(&e.to_string())),
         };
         let (_, props) = Producer::envelope(&opts);
+        let index = sent.len() - 1;
+        // Lazy: nothing is sent before the futures are polled below.
         pending.push(async move {
-            producer
+            let r = producer
                 .publish_raw(&exchange, &job.task, &job.task, &job.body, props)
-                .await
+                .await;
+            (index, r)
         });
     }
     if !held.is_empty() {
-        if let Err(e) = hold(&st.store, &held).await {
-            return (e.status, e.body());
+        let rows: Vec<_> = held
+            .iter()
+            .map(|(_, job, opts)| (*job, opts.clone()))
+            .collect();
+        if let Err(e) = hold(&st.store, &rows).await {
+            return Outcome::Refused(e);
+        }
+        for (i, _, _) in &held {
+            sent[*i].state = JobState::Accepted;
         }
     }
-    let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(pending)).await;
-    let results = match outcome {
-        Ok(r) => r,
-        Err(_) => {
-            st.broker.reset(link.generation).await;
-            return broker_down("the broker did not confirm in time");
+    let confirms = futures::future::join_all(pending);
+    tokio::pin!(confirms);
+    let deadline = tokio::time::sleep(CONFIRM_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut flow = tokio::time::interval(FLOW_CHECK);
+    let results = loop {
+        tokio::select! {
+            results = &mut confirms => break results,
+            _ = &mut deadline => {
+                st.broker.reset(link.generation).await;
+                return Outcome::Unknown {
+                    jobs: sent,
+                    why: format!("RabbitMQ did not confirm within {CONFIRM_TIMEOUT:?}"),
+                };
+            }
+            _ = flow.tick() => {
+                if st.broker.follow_flow(&link) {
+                    // What was sent waits in the connection until the alarm clears, then runs.
+                    tracing::warn!(jobs = sent.len(), "RabbitMQ blocked publishes before confirming them: outcome unknown");
+                    return Outcome::Unknown {
+                        jobs: sent,
+                        why: "RabbitMQ blocked publishes (a memory or disk alarm) before \
+                              confirming these jobs"
+                            .into(),
+                    };
+                }
+            }
         }
     };
-    if let Some(e) = results.into_iter().find_map(Result::err) {
-        return match e {
-            PublishError::Unroutable { .. } => {
-                let err = ApiError::new(StatusCode::NOT_FOUND, "unknown_task", e.to_string());
-                (err.status, err.body())
+    let mut first_refusal = None;
+    let mut lost = None;
+    for (i, r) in results {
+        match r {
+            Ok(()) => sent[i].state = JobState::Accepted,
+            Err(e @ PublishError::Broker(_)) => lost = Some(e),
+            Err(e) => {
+                sent[i].state = JobState::Refused;
+                first_refusal.get_or_insert(e);
             }
-            PublishError::Broker(ref be) => {
-                // A channel or connection error leaves the link unusable either way.
-                if warren_core::broker::is_connection_error(be) {
-                    tracing::warn!(error = %e, "publish failed: connection lost");
-                } else {
-                    tracing::warn!(error = %e, "publish failed");
-                }
-                st.broker.reset(link.generation).await;
-                broker_down(&e.to_string())
+        }
+    }
+    if let Some(e) = &lost {
+        // A channel or connection error leaves the link unusable either way.
+        tracing::warn!(error = %e, "publish failed: outcome unknown");
+        st.broker.reset(link.generation).await;
+    }
+    let reached = |s: &Sent| s.state != JobState::Refused;
+    match (first_refusal, lost) {
+        (None, None) => {
+            tracing::info!(jobs = sent.len(), "jobs accepted");
+            Outcome::Accepted(sent)
+        }
+        (Some(e), None) if !sent.iter().any(reached) => Outcome::Refused(match e {
+            PublishError::Unroutable { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_task", e.to_string())
             }
             other => broker_down(&other.to_string()),
-        };
+        }),
+        (refused, lost) => {
+            let why = match (lost, refused) {
+                (Some(e), _) => format!("the broker connection failed after publishing ({e})"),
+                (None, Some(e)) => format!("only some of the jobs were accepted ({e})"),
+                (None, None) => "the broker did not confirm every job".to_owned(),
+            };
+            Outcome::Unknown { jobs: sent, why }
+        }
     }
-    tracing::info!(jobs = accepted.len(), "jobs accepted");
-    (
-        StatusCode::ACCEPTED,
-        json!({ "jobs": accepted }).to_string(),
-    )
 }
 
 /// Writes long-delayed jobs to the outbox in one transaction.
@@ -682,18 +801,6 @@ async fn hold(store: &Store, held: &[(&Job, PublishOptions)]) -> Result<(), ApiE
             .map_err(database_unavailable)?;
     }
     tx.commit().await.map_err(database_unavailable)
-}
-
-fn broker_down(why: &str) -> (StatusCode, String) {
-    let e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "broker_unavailable",
-        format!(
-            "the job was not accepted: {why}. Retry later (with the same Idempotency-Key or job \
-             ids, a retry is harmless)"
-        ),
-    );
-    (e.status, e.body())
 }
 
 fn body_rejection(r: BytesRejection, max_body: usize) -> ApiError {
@@ -780,6 +887,44 @@ async fn prune_loop(store: Store, stop: CancellationToken) {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot prune Idempotency-Key records"),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_error_code() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let listed: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+            ["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let mut ours = ERROR_CODES.to_vec();
+        ours.sort_unstable();
+        let mut theirs = listed.clone();
+        theirs.sort_unstable();
+        assert_eq!(ours, theirs);
+        let unknown = &doc["components"]["schemas"]["OutcomeUnknown"]["properties"];
+        assert_eq!(unknown["error"]["const"], "outcome_unknown");
+    }
+
+    #[test]
+    fn the_parser_error_codes_are_listed() {
+        for status in ["400", "414", "431"] {
+            let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+            let out = String::from_utf8(wire::rewrite(head.as_bytes()).unwrap()).unwrap();
+            let body: serde_json::Value =
+                serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            assert!(
+                ERROR_CODES.contains(&body["error"].as_str().unwrap()),
+                "{body}"
+            );
         }
     }
 }
