@@ -105,7 +105,7 @@ fn deep(n: usize) -> String {
     format!("{}{}", "[".repeat(n), "]".repeat(n))
 }
 
-/// Finding 1: 256-byte job ids, task names and batch ids, and the long-delay hold path with
+/// 256-byte job ids, task names and batch ids, and the long-delay hold path with
 /// a body that is not UTF-8 or nests 100,000 deep: 4xx JSON, no panic, no claim left behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn long_strings_and_bad_held_bodies_are_refused_without_a_panic() {
@@ -182,7 +182,7 @@ async fn long_strings_and_bad_held_bodies_are_refused_without_a_panic() {
     env.cleanup().await;
 }
 
-/// Findings 2 and 3: a 300 KB X-Tenant, a 200 KB batch idempotency_key, a body that is not
+/// A 300 KB X-Tenant, a 200 KB batch idempotency_key, a body that is not
 /// UTF-8 or nests 100,000 deep for an untyped task: 4xx naming the field; the broker
 /// connection is never dropped.
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +243,7 @@ async fn huge_headers_and_bad_untyped_bodies_never_reach_the_broker() {
     env.cleanup().await;
 }
 
-/// Findings 4 and 5: the same Idempotency-Key with another delay is a different request;
+/// The same Idempotency-Key with another delay is a different request;
 /// run_at gets the one-year cap that delay has.
 #[tokio::test(flavor = "multi_thread")]
 async fn delays_are_part_of_the_idempotency_fingerprint_and_capped() {
@@ -292,7 +292,7 @@ async fn delays_are_part_of_the_idempotency_fingerprint_and_capped() {
     env.cleanup().await;
 }
 
-/// Finding 6: every error body is the documented JSON, 404, 405, 431, a path that is not
+/// Every error body is the documented JSON, 404, 405, 431, a path that is not
 /// UTF-8 and control characters in a header included.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_error_is_json() {
@@ -433,6 +433,15 @@ async fn warren_publish_names_the_flag() {
         (
             vec!["publish", "demo.noop", "--idempotency-key", "a\u{7}b"],
             "--idempotency-key",
+        ),
+        // Delays past a year, as ingest refuses them.
+        (
+            vec!["publish", "demo.noop", "--run-at", "9999-12-31T23:59:59Z"],
+            "--run-at",
+        ),
+        (
+            vec!["publish", "demo.noop", "--delay", "400days"],
+            "--delay",
         ),
     ] {
         let started = Instant::now();

@@ -651,8 +651,8 @@ fn libfaketime() -> Option<&'static str> {
     .find(|p| std::path::Path::new(p).exists())
 }
 
-/// Acceptance: a replica whose clock is 5 minutes fast (libfaketime) leads without
-/// publishing anything early — renewals only once their period has ended and cron ticks only
+/// A replica whose clock is 5 minutes fast (libfaketime) leads without publishing anything
+/// early (and `warren due` on that clock reports nothing due early) — renewals only once their period has ended and cron ticks only
 /// once their time has come, by the database's clock — reports its skew, and after it fails
 /// over to a replica with a correct clock the ticks go on with no gap.
 #[tokio::test(flavor = "multi_thread")]
@@ -673,6 +673,21 @@ async fn fast_clock_replica_publishes_nothing_early_and_leaves_no_gap() {
         // Timers and leases run on the monotonic clock, which a wrong wall clock leaves alone.
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ];
+    // `warren due` on that clock reports what the scheduler would do: nothing due yet.
+    let out = env
+        .command(&["due", "--format", "json"])
+        .envs(fast_clock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let due: i64 = report["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["due"].as_i64().unwrap())
+        .sum();
+    assert_eq!(due, 0, "`warren due` trusted a fast clock: {report}");
     let mut fast = env.scheduler(&fast_clock);
     eventually(T, "the fast replica leads", || async {
         answering_leaders(std::slice::from_ref(&fast)).await == [0]

@@ -11,6 +11,7 @@
 //! | `traceparent` | 1 to 255 bytes, same characters |
 //! | All headers of a message, encoded | at most [`MAX_HEADERS_BYTES`] (16 KiB) |
 //! | Body | UTF-8 JSON nested at most [`MAX_JSON_DEPTH`] (64) levels, for every task |
+//! | Delay (`delay`, `run_at`) | at most [`MAX_DELAY`] (one year) from now |
 //!
 //! Why these numbers: AMQP 0-9-1 *short strings* (routing key, `message_id`) hold at most 255
 //! bytes, and the client library panics on a longer one. All message properties travel in a
@@ -25,6 +26,7 @@
 //! [`LimitError`] names the field and says what to do.
 
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
+use std::time::Duration;
 
 /// Longest task name, job id, idempotency key, tenant or `traceparent`, in bytes (an AMQP
 /// short string).
@@ -37,6 +39,9 @@ pub const MAX_HEADERS_BYTES: usize = 16 * 1024;
 pub const MAX_FRAME_HEADERS_BYTES: usize = 120 * 1024;
 /// Deepest nesting of arrays and objects in a job body.
 pub const MAX_JSON_DEPTH: usize = 64;
+/// Longest a job may be delayed: one year (365 days). Further is a mistake more often than a
+/// plan (a unit or a year typed wrong), and a row held that long outlives most retention.
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A value outside the bounds. `field` names it as the caller knows it (`X-Tenant`,
 /// `--tenant`, `[2].id`).
@@ -64,6 +69,8 @@ pub enum LimitError {
     BodyNotUtf8 { field: String, at: usize },
     #[error("{field} nests arrays and objects deeper than {max} levels; flatten it")]
     BodyTooDeep { field: String, max: usize },
+    #[error("{field} is {secs} seconds from now; at most {max} (one year) are allowed")]
+    DelayTooLong { field: String, secs: u64, max: u64 },
 }
 
 impl LimitError {
@@ -76,7 +83,8 @@ impl LimitError {
             | Self::ControlChar { field, .. }
             | Self::HeadersTooLarge { field, .. }
             | Self::BodyNotUtf8 { field, .. }
-            | Self::BodyTooDeep { field, .. } => field,
+            | Self::BodyTooDeep { field, .. }
+            | Self::DelayTooLong { field, .. } => field,
         }
     }
 
@@ -85,6 +93,18 @@ impl LimitError {
     pub fn is_body(&self) -> bool {
         matches!(self, Self::BodyNotUtf8 { .. } | Self::BodyTooDeep { .. })
     }
+}
+
+/// Checks a delay (from now) against [`MAX_DELAY`].
+pub fn check_delay(field: &str, delay: Duration) -> Result<(), LimitError> {
+    if delay > MAX_DELAY {
+        return Err(LimitError::DelayTooLong {
+            field: field.to_owned(),
+            secs: delay.as_secs(),
+            max: MAX_DELAY.as_secs(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a short text value (task name, job id, idempotency key, tenant, `traceparent`):

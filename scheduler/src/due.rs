@@ -285,8 +285,13 @@ pub async fn scan(
     kind: DueKind,
     page_size: i64,
 ) -> Result<ScanReport, ScanError> {
-    let cutoff: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let cutoff = database_now(pool).await?;
     scan_with(pool, None, producer, kind, page_size, cutoff).await
+}
+
+/// The database's clock: what is due is judged by it, never by a replica's own clock.
+pub async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(pool).await
 }
 
 async fn scan_with(

@@ -69,7 +69,10 @@ pub async fn run(g: &Global, a: DueArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(g.config.as_deref())?;
     let (pagarme, appmax) = a.providers.resolve(&file);
     let pool = db::lazy_pool(&g.database_url, 2)?;
-    let now = chrono::Utc::now();
+    // The scheduler judges what is due by the database's clock; so does this report.
+    let now = due::database_now(&pool)
+        .await
+        .context("reading the database's clock (is PostgreSQL reachable at DATABASE_URL?)")?;
     let mut rows = Vec::new();
     let mut summaries = Vec::new();
     for kind in kinds {

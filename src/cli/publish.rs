@@ -6,8 +6,8 @@ use clap::Args;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use warren_core::outbox;
 use warren_core::telemetry::Health;
+use warren_core::{limits, outbox};
 use warren_producer::{PublishOptions, RetryPolicy};
 
 #[derive(Args, Debug)]
@@ -136,6 +136,14 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
         (None, Some(at)) => Some((at - chrono::Utc::now()).to_std().unwrap_or_default()),
         (None, None) => None,
     };
+    if let Some(d) = delay {
+        let field = if a.delay.is_some() {
+            "--delay"
+        } else {
+            "--run-at"
+        };
+        limits::check_delay(field, d)?;
+    }
     let opts = PublishOptions {
         id: a.id.clone(),
         idempotency_key: a.idempotency_key.clone(),

@@ -50,7 +50,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Longest accepted `Idempotency-Key` (and `X-Tenant`, `X-Job-Id`, task name), in bytes.
 pub const MAX_KEY_LEN: usize = limits::MAX_SHORT;
 /// Longest time from now a job may be delayed (`delay`, `run_at`): one year.
-const MAX_DELAY_SECS: i64 = 31_536_000;
+const MAX_DELAY_SECS: i64 = limits::MAX_DELAY.as_secs() as i64;
 /// How long the broker may take to confirm a request's messages before it answers 503.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a request waiting for confirms checks whether RabbitMQ blocked the connection.
@@ -356,7 +356,7 @@ impl When {
         };
         match (self.delay, self.run_at) {
             (Some(_), Some(_)) => Err(invalid("delay", "give delay or run_at, not both")),
-            (Some(d), None) if !(0.0..=31_536_000.0).contains(&d) => Err(invalid(
+            (Some(d), None) if !(0.0..=MAX_DELAY_SECS as f64).contains(&d) => Err(invalid(
                 "delay",
                 "delay is seconds from 0 to 31536000 (one year)",
             )),
