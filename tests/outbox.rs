@@ -1,4 +1,4 @@
-//! The transactional outbox and delayed jobs (issue #5), against the real RabbitMQ and
+//! The transactional outbox and delayed jobs, against the real RabbitMQ and
 //! PostgreSQL: rows written with plain SQL in the application's own transaction are run once
 //! when it commits and never when it rolls back; two relays never publish a row twice;
 //! short delays wait in a delay tier, long ones in PostgreSQL.
@@ -139,6 +139,66 @@ async fn unroutable_rows_are_deferred_with_the_reason() {
         attempts >= 1 && later && error.unwrap_or_default().contains("nobody.listens")
     })
     .await;
+    env.cleanup().await;
+}
+
+/// Rows written by hand outside the wire limits (a 300-byte task name or id, a 200 KB
+/// tenant) are deferred with the field named, never reach the broker, and do not hold up
+/// the rows beside them or cost the relay its connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_outside_the_limits_are_deferred_naming_the_field() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let (long, tenant) = ("x".repeat(300), "t".repeat(200_000));
+    sqlx::query(
+        "INSERT INTO warren_outbox (id, task, payload, tenant) VALUES
+            ('ob-long-task', $1, '{}', NULL), ($1, 'demo.noop', '{}', NULL),
+            ('ob-big-tenant', 'demo.noop', '{}', $2), ('ob-fine', 'demo.noop', '{}', NULL)",
+    )
+    .bind(&long)
+    .bind(&tenant)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let relay = relay(&env);
+    let mut worker = env.worker(&["--queue", "default"]);
+    worker.wait_ready(T).await;
+    env.wait_status("ob-fine", "succeeded", T).await;
+    for (id, field) in [
+        ("ob-long-task", "routing key"),
+        (long.as_str(), "id"),
+        ("ob-big-tenant", "headers"),
+    ] {
+        eventually(T, &format!("{field} deferred"), || async {
+            let row: Option<(i32, Option<String>)> = sqlx::query_as(
+                "SELECT publish_attempts, last_error FROM warren_outbox
+                  WHERE id = $1 AND published_at IS NULL",
+            )
+            .bind(id)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap();
+            row.is_some_and(|(attempts, error)| {
+                attempts >= 1 && error.unwrap_or_default().contains(field)
+            })
+        })
+        .await;
+    }
+    assert_eq!(
+        metric(
+            &relay.metrics().await,
+            "warren_broker_reconnects_total",
+            &[]
+        ),
+        0.0,
+        "{}",
+        relay.logs()
+    );
+    let published: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM warren_outbox WHERE published_at IS NOT NULL")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(published, 1);
     env.cleanup().await;
 }
 

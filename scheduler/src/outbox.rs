@@ -94,10 +94,17 @@ pub async fn relay_batch(
                 max_attempts: r.max_attempts.map(|m| m.max(1) as u32),
                 delay: None,
             };
-            let (_, props) = Producer::envelope(&opts);
-            let outcome = producer
-                .publish_raw(exchange, &r.task, &r.task, r.payload.as_bytes(), props)
-                .await;
+            // A row written by hand can hold anything: one outside the wire limits is
+            // refused here, deferred with the reason like an unroutable one, and never
+            // reaches the broker (where it could close the relay's connection).
+            let outcome = match Producer::try_envelope(&opts) {
+                Ok((_, props)) => {
+                    producer
+                        .publish_raw(exchange, &r.task, &r.task, r.payload.as_bytes(), props)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             (r.seq, outcome)
         })
         .collect();
@@ -105,9 +112,11 @@ pub async fn relay_batch(
     while let Some((seq, outcome)) = pending.next().await {
         match outcome {
             Ok(()) => published.push(seq),
-            Err(e @ (PublishError::Unroutable { .. } | PublishError::Encode(_))) => {
-                deferred.push((seq, e.to_string()))
-            }
+            Err(
+                e @ (PublishError::Unroutable { .. }
+                | PublishError::Encode(_)
+                | PublishError::Invalid(_)),
+            ) => deferred.push((seq, e.to_string())),
             Err(e) => broker_error = Some(e),
         }
     }
