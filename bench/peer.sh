@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peer benchmark of issue #7: a bare lapin consumer, `warren worker` and Celery drain the
+# The peer benchmark: a bare lapin consumer, `warren worker` and Celery drain the
 # same jobs on the same broker; then the scheduler's due scan over 1M subscriptions.
 # Not a CI test. Results and how to read them: docs/benchmarks.md, "Peer benchmark".
 set -euo pipefail

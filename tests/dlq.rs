@@ -1,4 +1,4 @@
-//! `warren dlq` on the real RabbitMQ and PostgreSQL (issue #6): dead letters from workers and
+//! `warren dlq` on the real RabbitMQ and PostgreSQL: dead letters from workers and
 //! from RabbitMQ itself are mirrored into `dead_letters`, listed, shown, replayed (the job runs
 //! again with a full attempt budget; a renewal never charges twice) and purged.
 

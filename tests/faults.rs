@@ -1,6 +1,6 @@
-//! Fault tests: restart RabbitMQ (issue #7 case 4), stop PostgreSQL for two minutes
+//! Fault tests: restart RabbitMQ (fault case 4), stop PostgreSQL for two minutes
 //! (case 11), kill -9 workers — and prove that every job still ends succeeded, with
-//! nothing dead-lettered by the outage. Each ends with issue #7's global invariants
+//! nothing dead-lettered by the outage. Each ends with the global invariants
 //! (`common::invariants::assert_invariants`): every job settled, succeeded or dead-lettered
 //! with its reason, none retried without bound.
 //!

@@ -1,4 +1,4 @@
-//! Whole-system tests of the renewal handlers (issue #4): the real scheduler, workers and
+//! Whole-system tests of the renewal handlers: the real scheduler, workers and
 //! provider simulator against the real RabbitMQ and PostgreSQL. After every run the
 //! simulator's charge ledger must equal `payment_transactions`: no charge without a row, no
 //! `paid` row without a charge, no key charged twice.

@@ -1,4 +1,4 @@
-//! `warren status` on the real RabbitMQ and PostgreSQL (issue #6): the depths it shows are
+//! `warren status` on the real RabbitMQ and PostgreSQL: the depths it shows are
 //! the broker's, the leader is the scheduler replica holding the lock, cron ticks appear.
 
 mod common;

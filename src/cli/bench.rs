@@ -7,7 +7,7 @@
 //! PostgreSQL), handler, metrics, batched acks. Results: docs/benchmarks.md.
 //!
 //! With `--peer`, the same bare consumer, `warren worker` and a Celery worker each run as a
-//! process of their own (the peer benchmark of issue #7, [`peer`]; `bench/peer.sh`).
+//! process of their own (the peer benchmark, [`peer`]; `bench/peer.sh`).
 
 mod peer;
 

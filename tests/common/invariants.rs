@@ -1,4 +1,4 @@
-//! Issue #7's global job invariants, checked after every fault case: every confirmed job
+//! The global job invariants, checked after every fault case: every confirmed job
 //! ends `succeeded`, or `dead_lettered` and sitting in its queue's DLQ with a reason; no job
 //! ran without bound. [`assert_invariants`] checks both; money cases add
 //! `money::assert_money`.

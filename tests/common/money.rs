@@ -1,4 +1,4 @@
-//! Issue #7's money invariant, checked after every renewal run: at most one paid charge per
+//! The money invariant, checked after every renewal run: at most one paid charge per
 //! (subscription, period), and the provider simulator's ledger equals
 //! `payment_transactions` — no charge without a row, no key charged twice, no `paid` row
 //! without exactly one charge. A charge the simulator still holds `pending` is not paid: its

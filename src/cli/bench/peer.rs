@@ -1,4 +1,4 @@
-//! `warren bench --peer`: the peer benchmark of issue #7 (driven by `bench/peer.sh`).
+//! `warren bench --peer`: the peer benchmark (driven by `bench/peer.sh`).
 //!
 //! A bare lapin consumer (this module's `--bare-consumer` mode, the same consumer as the
 //! in-process benchmark), `warren worker` and a Celery worker (prefork, `acks_late`) each run
