@@ -766,3 +766,120 @@ async fn the_curl_example_is_accepted() {
     drop(ingest);
     env.cleanup().await;
 }
+
+/// Ten clients of normal load while ingest's broker connection is cut ten times: a job
+/// answered 202 runs, a job answered "not accepted" (`broker_unavailable`) never runs, and a
+/// job whose publish was cut after it was sent is answered `outcome_unknown` with its id;
+/// retried under that id it runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_drops_never_report_a_job_that_runs_as_not_accepted() {
+    let _serial = SERIAL.read().await;
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let proxy = common::proxy::Proxy::rabbitmq().await;
+    let url = proxy.amqp_url("");
+    let ingest = Ingest::start(&env, &[("AMQP_URL", url.as_str())]).await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..10 {
+        let stop = stop.clone();
+        let (http, url) = (ingest.http.clone(), ingest.url("/v1/jobs/demo.noop"));
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let job = id();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .header("X-Job-Id", &job)
+                    .json(&json!({"c": c, "n": n}))
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap();
+                seen.push((job, status, body));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    let of = |code: &str| -> Vec<&(String, u16, Value)> {
+        seen.iter().filter(|(_, _, b)| b["error"] == code).collect()
+    };
+    let accepted: Vec<&String> = seen
+        .iter()
+        .filter(|(_, s, _)| *s == 202)
+        .map(|(j, _, _)| j)
+        .collect();
+    let (refused, unknown) = (of("broker_unavailable"), of("outcome_unknown"));
+    eprintln!(
+        "{} requests: 202 {}, not accepted {}, outcome unknown {}; {} connections",
+        seen.len(),
+        accepted.len(),
+        refused.len(),
+        unknown.len(),
+        proxy.accepted()
+    );
+    for (job, status, body) in &seen {
+        assert!(
+            *status == 202
+                || (*status == 503
+                    && (body["error"] == "broker_unavailable"
+                        || body["error"] == "outcome_unknown")),
+            "{job}: {status} {body}"
+        );
+    }
+    assert!(proxy.accepted() >= 5, "the connection was not cut");
+    for (job, _, body) in &unknown {
+        assert_eq!(body["jobs"][0]["id"], json!(job), "{body}");
+        let (s, v) = ingest
+            .job("demo.noop", json!({"retry": job}), &[("X-Job-Id", job)])
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    for job in accepted
+        .iter()
+        .copied()
+        .chain(unknown.iter().map(|(j, _, _)| j))
+    {
+        env.wait_status(job, "succeeded", T).await;
+    }
+    eventually(T, "the queue drained", || async {
+        env.ready(&env.queue("default")).await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused_ids: Vec<String> = refused.iter().map(|(j, _, _)| j.clone()).collect();
+    let ran: Vec<(String,)> = sqlx::query_as("SELECT job_id FROM job_runs WHERE job_id = ANY($1)")
+        .bind(&refused_ids)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        ran.is_empty(),
+        "jobs answered \"not accepted\" ran: {ran:?}"
+    );
+    let twice: Vec<(String, i32)> =
+        sqlx::query_as("SELECT job_id, attempts FROM job_runs WHERE attempts <> 1")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    drop(w);
+    drop(ingest);
+    env.cleanup().await;
+}

@@ -1,6 +1,8 @@
 //! A loopback TCP proxy the test controls, to cut worker↔broker traffic without touching
 //! the shared RabbitMQ: in blackhole mode it stops forwarding bytes both ways but keeps every
-//! socket open (what a dead network path looks like: no RST, no FIN, just silence).
+//! socket open (what a dead network path looks like: no RST, no FIN, just silence); `cut`
+//! closes every open connection at once (what a broker restart or a dropped link looks like
+//! to the client), mid-frame or not.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +18,8 @@ pub struct Proxy {
     pub port: u16,
     blackhole: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
+    /// Bumped by `cut`: pumps of an older generation close their sockets.
+    generation: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -27,7 +31,8 @@ impl Proxy {
         let blackhole = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_owned();
-        let (bh, acc) = (blackhole.clone(), accepted.clone());
+        let generation = Arc::new(AtomicUsize::new(0));
+        let (bh, acc, gen) = (blackhole.clone(), accepted.clone(), generation.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 acc.fetch_add(1, Ordering::SeqCst);
@@ -36,14 +41,16 @@ impl Proxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, bh.clone()));
-                tokio::spawn(pump(sr, cw, bh.clone()));
+                let mine = gen.load(Ordering::SeqCst);
+                tokio::spawn(pump(cr, sw, bh.clone(), gen.clone(), mine));
+                tokio::spawn(pump(sr, cw, bh.clone(), gen.clone(), mine));
             }
         });
         Self {
             port,
             blackhole,
             accepted,
+            generation,
             task,
         }
     }
@@ -64,6 +71,11 @@ impl Proxy {
         self.blackhole.store(on, Ordering::SeqCst);
     }
 
+    /// Closes every connection open now (within 100 ms); new ones are forwarded as before.
+    pub fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Connections accepted so far (a reconnect shows up here).
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -76,10 +88,20 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies one direction; while blackholed it neither reads nor writes.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, blackhole: Arc<AtomicBool>) {
+/// Copies one direction; while blackholed it neither reads nor writes; after a `cut` of
+/// its generation it drops both sockets.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    blackhole: Arc<AtomicBool>,
+    generation: Arc<AtomicUsize>,
+    mine: usize,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        if generation.load(Ordering::SeqCst) != mine {
+            return; // dropping both halves closes both sockets
+        }
         while blackhole.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
