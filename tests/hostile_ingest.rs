@@ -560,35 +560,37 @@ async fn stalled_clients_are_answered_or_closed_in_time() {
         )
         .into_bytes()
     };
-    let kinds: Vec<(&str, Vec<u8>, Option<&'static [u8]>)> = vec![
-        (
-            "partial head",
-            format!("POST /v1/jobs/demo.noop HTTP/1.1\r\nHost: {addr}\r\nAuthori").into_bytes(),
-            None,
-        ),
-        ("body never sent", post("Content-Length: 100\r\n"), None),
-        (
-            "endless chunked body",
-            post("Transfer-Encoding: chunked\r\n"),
-            Some(b"1\r\n \r\n"),
-        ),
-        (
-            "100 MB declared, no body",
-            post("Content-Length: 100000000\r\n"),
-            None,
-        ),
-        (
-            "idle keep-alive",
-            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes(),
-            None,
-        ),
+    // What each kind of client writes first, and what it then trickles, if anything.
+    let opening = |what: &str| -> (Vec<u8>, Option<&'static [u8]>) {
+        match what {
+            "partial head" => (
+                format!("POST /v1/jobs/demo.noop HTTP/1.1\r\nHost: {addr}\r\nAuthori").into_bytes(),
+                None,
+            ),
+            "body never sent" => (post("Content-Length: 100\r\n"), None),
+            "endless chunked body" => (post("Transfer-Encoding: chunked\r\n"), Some(b"1\r\n \r\n")),
+            "100 MB declared, no body" => (post("Content-Length: 100000000\r\n"), None),
+            "idle keep-alive" => (
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes(),
+                None,
+            ),
+            other => unreachable!("{other}"),
+        }
+    };
+    let kinds = [
+        "partial head",
+        "body never sent",
+        "endless chunked body",
+        "100 MB declared, no body",
+        "idle keep-alive",
     ];
     const EACH: usize = 40;
     let mut clients = Vec::new();
-    for (what, head, trickle) in &kinds {
+    for what in kinds {
+        let (head, trickle) = opening(what);
         for _ in 0..EACH {
-            let c = tokio::spawn(stall(addr.clone(), head.clone(), *trickle));
-            clients.push((*what, c));
+            let c = tokio::spawn(stall(addr.clone(), head.clone(), trickle));
+            clients.push((what, c));
         }
     }
     // Served while 200 stalled connections are open.
