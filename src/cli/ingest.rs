@@ -31,6 +31,10 @@ pub struct IngestArgs {
     #[arg(long, env = "WARREN_INGEST_IDEMPOTENCY_WINDOW", default_value = "24h",
           value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
+    // The defaults are a reverse proxy's (nginx: client_header_timeout 60s,
+    // client_body_timeout 60s, keepalive_timeout 75s). The head gets hyper's own 30s: it is
+    // at most about 400 KiB. The body's 60s bound the whole body here, not one read. The
+    // idle 75s outlast the 60s idle timeout of common load balancers.
     /// A new connection must send its whole request head (request line and headers) within
     /// this, or it is closed without an answer. Bounds slow or stalled clients.
     #[arg(long, env = "WARREN_INGEST_HEADER_TIMEOUT", default_value = "30s",

@@ -54,19 +54,6 @@ const MAX_DELAY_SECS: i64 = 31_536_000;
 /// How long the broker may take to confirm a request's messages before it answers 503.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Default [`IngestConfig::header_timeout`]: hyper's own default, and ample for a head of at
-/// most about 400 KiB on any link (nginx's `client_header_timeout` is 60 s).
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default [`IngestConfig::body_timeout`], nginx's `client_body_timeout`; here for the
-/// whole body: a 1 MiB body (the default limit) needs about 17 KiB/s.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default [`IngestConfig::idle_timeout`], nginx's `keepalive_timeout`: longer than the
-/// 60 s idle timeout of common load balancers, so the balancer closes an idle connection
-/// first and never sends a request on one the ingest is closing.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// Default [`IngestConfig::max_connections`].
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-
 /// Everything the API needs.
 pub struct IngestConfig {
     pub topology: Topology,
