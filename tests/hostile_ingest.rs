@@ -460,3 +460,294 @@ async fn warren_publish_names_the_flag() {
     }
     env.cleanup().await;
 }
+
+/// What a stalled client saw: everything the server sent, and how long after the client's
+/// last own write of the head the server closed the connection (`None`: still open after
+/// [`STALL_LIMIT`]).
+struct Stalled {
+    answer: String,
+    closed_after: Option<Duration>,
+}
+
+/// How long a stalled client waits for the server to close. Generous: the longest case is
+/// a 2 s timeout plus the at most 10 s the server reads and discards a refused body.
+const STALL_LIMIT: Duration = Duration::from_secs(40);
+
+/// Connects to `addr`, writes `head`, then either goes silent (keeping its side open) or,
+/// with `trickle`, writes it every 200 ms until the server closes; reads all the server
+/// sends until it closes the connection.
+async fn stall(addr: String, head: Vec<u8>, trickle: Option<&'static [u8]>) -> Stalled {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = sock.into_split();
+    wr.write_all(&head).await.unwrap();
+    let started = Instant::now();
+    // Dropping the write half would send FIN, which a server reads as the client leaving:
+    // keep it for as long as the read lasts.
+    let mut silent = None;
+    let writer = match trickle {
+        Some(piece) => Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if wr.write_all(piece).await.is_err() {
+                    return;
+                }
+            }
+        })),
+        None => {
+            silent = Some(wr);
+            None
+        }
+    };
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(STALL_LIMIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let closed_after = read.is_ok().then(|| started.elapsed());
+    if let Some(w) = writer {
+        w.abort();
+    }
+    drop(silent);
+    Stalled {
+        answer: String::from_utf8_lossy(&out).into_owned(),
+        closed_after,
+    }
+}
+
+/// The status and JSON body of the one answer in `s`, which must say `Connection: close`.
+fn closing_json_answer(what: &str, s: &Stalled) -> (u16, Value) {
+    let (head, body) = s
+        .answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{what}: no answer: {:?}", s.answer));
+    let head = head.to_ascii_lowercase();
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    assert!(
+        head.contains("content-type: application/json") && head.contains("connection: close"),
+        "{what}: {head}"
+    );
+    let v: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {body:?}"));
+    assert_error_shape(&v);
+    (status, v)
+}
+
+/// 200 stalled connections against an ingest with 2 s header and body timeouts and a 4 s
+/// idle timeout: a partial head, a body that never comes, a chunked body trickling without
+/// end, a `Content-Length` of 100 MB with no body, a kept-alive connection gone quiet after
+/// one request. Each is answered where an answer is possible (408 or 413, JSON) and every
+/// one is closed within its timeout plus the bounded drain of a refused body; a normal
+/// client is served meanwhile, and the connections gauge comes back to zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_clients_are_answered_or_closed_in_time() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let ingest = Ingest::spawn(
+        &env,
+        &[
+            ("WARREN_INGEST_TOKENS", TOKEN),
+            ("RUST_LOG", "info"),
+            ("WARREN_INGEST_HEADER_TIMEOUT", "2s"),
+            ("WARREN_INGEST_BODY_TIMEOUT", "2s"),
+            ("WARREN_INGEST_IDLE_TIMEOUT", "4s"),
+        ],
+    )
+    .await;
+    let mut w = env.worker(&["--queue", "default"]);
+    w.wait_ready(T).await;
+    let addr = ingest.base.trim_start_matches("http://").to_owned();
+    let post = |extra: &str| {
+        format!(
+            "POST /v1/jobs/demo.noop HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    };
+    // What each kind of client writes first, and what it then trickles, if anything.
+    let opening = |what: &str| -> (Vec<u8>, Option<&'static [u8]>) {
+        match what {
+            "partial head" => (
+                format!("POST /v1/jobs/demo.noop HTTP/1.1\r\nHost: {addr}\r\nAuthori").into_bytes(),
+                None,
+            ),
+            "body never sent" => (post("Content-Length: 100\r\n"), None),
+            "endless chunked body" => (post("Transfer-Encoding: chunked\r\n"), Some(b"1\r\n \r\n")),
+            "100 MB declared, no body" => (post("Content-Length: 100000000\r\n"), None),
+            "idle keep-alive" => (
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes(),
+                None,
+            ),
+            other => unreachable!("{other}"),
+        }
+    };
+    let kinds = [
+        "partial head",
+        "body never sent",
+        "endless chunked body",
+        "100 MB declared, no body",
+        "idle keep-alive",
+    ];
+    const EACH: usize = 40;
+    let mut clients = Vec::new();
+    for what in kinds {
+        let (head, trickle) = opening(what);
+        for _ in 0..EACH {
+            let c = tokio::spawn(stall(addr.clone(), head.clone(), trickle));
+            clients.push((what, c));
+        }
+    }
+    // Served while 200 stalled connections are open.
+    ingest.still_serves(&env).await;
+
+    for (what, c) in clients {
+        let s = c.await.unwrap();
+        let closed = s.closed_after.unwrap_or_else(|| {
+            panic!(
+                "{what}: still open after {STALL_LIMIT:?}; it read {:?}",
+                s.answer
+            )
+        });
+        match what {
+            "partial head" => assert_eq!(s.answer, "", "{what}: closed without an answer"),
+            "body never sent" | "endless chunked body" => {
+                let (status, v) = closing_json_answer(what, &s);
+                assert_eq!(
+                    (status, v["error"].as_str()),
+                    (408, Some("request_timeout"))
+                );
+            }
+            "100 MB declared, no body" => {
+                // Decided on the declared length alone: without that, no body byte ever
+                // arrives to exceed the limit and the answer could only be a 408.
+                let (status, v) = closing_json_answer(what, &s);
+                assert_eq!(
+                    (status, v["error"].as_str()),
+                    (413, Some("payload_too_large"))
+                );
+            }
+            "idle keep-alive" => {
+                assert!(
+                    s.answer.starts_with("HTTP/1.1 200 "),
+                    "{what}: {}",
+                    s.answer
+                );
+                assert_eq!(s.answer.matches("HTTP/1.1").count(), 1, "{}", s.answer);
+                // Closed by the idle timeout (4 s after the answer), not the header one.
+                assert!(
+                    closed >= Duration::from_secs(3),
+                    "{what}: closed after {closed:?}"
+                );
+            }
+            _ => unreachable!(),
+        }
+    }
+    let m = ingest.proc.metrics().await;
+    let timeouts = |phase: &str| {
+        metric(
+            &m,
+            "warren_ingest_timeouts_total",
+            &[&format!("phase=\"{phase}\"")],
+        )
+    };
+    assert!(timeouts("head") >= EACH as f64, "{m}");
+    assert!(timeouts("idle") >= EACH as f64, "{m}");
+    assert!(timeouts("body") >= 2.0 * EACH as f64, "{m}");
+    eventually(T, "no connection left open", || async {
+        metric(
+            &ingest.proc.metrics().await,
+            "warren_ingest_connections",
+            &[],
+        ) == 0.0
+    })
+    .await;
+    ingest.still_serves(&env).await;
+    drop(w);
+    drop(ingest);
+    env.cleanup().await;
+}
+
+/// With --max-connections 3 and three clients stalled in their head (the header timeout is
+/// a minute), a fourth client's request waits: the ingest stops accepting at the cap. Once
+/// a stalled client goes away, the waiting request is served. The metrics port still
+/// answers meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_connection_cap_new_clients_wait_for_a_free_slot() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let ingest = Ingest::spawn(
+        &env,
+        &[
+            ("WARREN_INGEST_TOKENS", TOKEN),
+            ("RUST_LOG", "info"),
+            ("WARREN_INGEST_MAX_CONNECTIONS", "3"),
+            ("WARREN_INGEST_HEADER_TIMEOUT", "60s"),
+            ("WARREN_INGEST_IDLE_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    // The readiness check's kept-alive connection closes after the 1 s idle timeout.
+    eventually(T, "the readiness connection closed", || async {
+        metric(
+            &ingest.proc.metrics().await,
+            "warren_ingest_connections",
+            &[],
+        ) == 0.0
+    })
+    .await;
+    let addr = ingest.base.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /v1/jobs/demo.noop HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // A client of its own, so no pooled connection of the ingest's is reused.
+    let mut fourth = tokio::spawn({
+        let url = ingest.url("/v1/jobs/demo.noop");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(TOKEN)
+                .body("{}")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("no answer to the fourth client: {e}"));
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    });
+    // The three stalled connections hold every slot for a minute: an answer now could only
+    // mean the cap is not enforced.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut fourth)
+            .await
+            .is_err(),
+        "a fourth connection was served past --max-connections 3"
+    );
+    assert_eq!(ingest.proc.readyz_status().await, Some(200));
+    let m = ingest.proc.metrics().await;
+    assert_eq!(metric(&m, "warren_ingest_connections", &[]), 3.0, "{m}");
+
+    drop(stalled.remove(0));
+    let (status, body) = tokio::time::timeout(T, fourth)
+        .await
+        .expect("the fourth client is served once a slot frees")
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        ingest.proc.logs().contains("connection limit reached"),
+        "{}",
+        ingest.proc.logs()
+    );
+    drop(stalled);
+    drop(ingest);
+    env.cleanup().await;
+}

@@ -100,12 +100,15 @@ impl Ingest {
     }
 
     /// Sends only the head of a POST announcing a `Content-Length` body of `len` bytes,
-    /// without a token, and returns the status the server answers with before any of the
-    /// body arrives (a server that waited for the body would time this out).
-    fn status_before_body(&self, path: &str, len: usize) -> u16 {
+    /// with `token` if any, and returns the status the server answers with before any of
+    /// the body arrives (a server that waited for the body would time this out).
+    fn status_before_body(&self, path: &str, token: Option<&str>, len: usize) -> u16 {
         let addr = self.base.trim_start_matches("http://");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         self.raw_status(&format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
              Content-Length: {len}\r\nConnection: close\r\n\r\n"
         ))
     }
@@ -285,9 +288,16 @@ async fn tokens_are_required_and_checked() {
     // Auth comes before the body: an oversized body without a token is a 401, answered
     // before the body is read. (A client that sends the body anyway still reads the answer:
     // refused_requests_are_answered_to_clients_that_send_the_whole_body.)
-    let status =
-        tokio::task::block_in_place(|| ingest.status_before_body("/v1/jobs/demo.noop", 2 << 20));
+    let status = tokio::task::block_in_place(|| {
+        ingest.status_before_body("/v1/jobs/demo.noop", None, 2 << 20)
+    });
     assert_eq!(status, 401);
+    // With a token, the declared length alone is a 413, at once: none of the body is sent,
+    // so a server that waited for it would time this out (or answer 408 after a minute).
+    let status = tokio::task::block_in_place(|| {
+        ingest.status_before_body("/v1/jobs/demo.noop", Some(TOKEN), 2 << 20)
+    });
+    assert_eq!(status, 413);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(env.ready(&env.queue("default")).await, 0);
@@ -595,6 +605,14 @@ async fn startup_needs_tokens_and_sigterm_stops() {
         "--tokens-file",
         "--idempotency-window",
         "WARREN_INGEST_IDEMPOTENCY_WINDOW",
+        "--header-timeout",
+        "WARREN_INGEST_HEADER_TIMEOUT",
+        "--body-timeout",
+        "WARREN_INGEST_BODY_TIMEOUT",
+        "--idle-timeout",
+        "WARREN_INGEST_IDLE_TIMEOUT",
+        "--max-connections",
+        "WARREN_INGEST_MAX_CONNECTIONS",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

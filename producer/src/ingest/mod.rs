@@ -13,17 +13,19 @@ mod auth;
 mod idempotency;
 mod linger;
 mod outcome;
+mod server;
 mod wire;
 
 use crate::broker::SharedBroker;
 pub use auth::{Scope, Tokens, TokensError};
 pub use idempotency::{request_hash, Claim, ClaimGuard, Store};
 use outcome::{broker_blocked, broker_down, JobState, Outcome, Sent, RETRY_AFTER_SECS};
+pub use server::{CONNECTIONS, TIMEOUTS};
 
 use crate::{Producer, PublishError, PublishOptions};
-use axum::body::Bytes;
+use axum::body::{Bytes, HttpBody};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -63,8 +65,19 @@ pub struct IngestConfig {
     pub tokens: Tokens,
     /// `Idempotency-Key` records live this long.
     pub idempotency_window: Duration,
-    /// Largest request body, bytes (`WARREN_MAX_BODY`).
+    /// Largest request body, bytes (`WARREN_MAX_BODY`). A request that declares a larger
+    /// `Content-Length` is answered 413 before any of its body is read.
     pub max_body: usize,
+    /// A new connection must send a complete request head within this; it is closed
+    /// otherwise.
+    pub header_timeout: Duration,
+    /// A request body must arrive whole within this of its head; 408 otherwise.
+    pub body_timeout: Duration,
+    /// A kept-alive connection must send its next complete request head within this of the
+    /// previous answer; it is closed otherwise.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; at the cap, new ones wait in the listen backlog.
+    pub max_connections: usize,
     /// PostgreSQL (only requests with an `Idempotency-Key` use it).
     pub pool: sqlx::PgPool,
     /// Its `broker` check follows the RabbitMQ connection.
@@ -78,6 +91,7 @@ struct AppState {
     broker: Arc<SharedBroker>,
     health: Health,
     max_body: usize,
+    body_timeout: Duration,
 }
 
 type Shared = Arc<AppState>;
@@ -88,7 +102,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     cfg: IngestConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     metrics::describe_counter!(REQUESTS, "Ingest API requests answered, by status");
     metrics::describe_histogram!(
         REQUEST_DURATION,
@@ -119,15 +133,18 @@ pub async fn serve(
         broker: broker.clone(),
         health: cfg.health,
         max_body: cfg.max_body,
+        body_timeout: cfg.body_timeout,
     });
-    let result = axum::serve(wire::Listener(listener), router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = server::Limits {
+        header_timeout: cfg.header_timeout,
+        idle_timeout: cfg.idle_timeout,
+        max_connections: cfg.max_connections,
+    };
+    server::run(listener, router(state), limits, shutdown).await;
     stop.cancel();
     let _ = watcher.await;
     pruner.abort();
     broker.close().await;
-    result
 }
 
 /// The routes: the API (authenticated, measured) plus `/openapi.json`, `/healthz` and
@@ -136,6 +153,11 @@ fn router(state: Shared) -> Router {
     let api = Router::new()
         .route("/v1/jobs", post(post_batch))
         .route("/v1/jobs/{task}", post(post_one))
+        // After authentication: an anonymous client is told 401 whatever it declares.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_declared_oversize,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(state.max_body))
@@ -167,6 +189,7 @@ pub const ERROR_CODES: &[&str] = &[
     "uri_too_long",
     "headers_too_large",
     "idempotency_key_in_use",
+    "request_timeout",
     "payload_too_large",
     "invalid_payload",
     "invalid_delay",
@@ -219,6 +242,15 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // The rest of the body is not wanted (too large) or not coming (too slow): the
+        // connection closes once it is answered.
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }
@@ -279,6 +311,44 @@ async fn authenticate(State(st): State<Shared>, mut req: Request, next: Next) ->
                 "the API token is not accepted",
             )
             .into_response()
+        }
+    }
+}
+
+/// 413 at once for a request whose `Content-Length` is over the limit: none of its body is
+/// read or waited for.
+async fn refuse_declared_oversize(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    // hyper's body reports a declared Content-Length as its exact size (chunked: 0).
+    if req.body().size_hint().lower() > st.max_body as u64 {
+        return payload_too_large(st.max_body).into_response();
+    }
+    next.run(req).await
+}
+
+/// A request's whole body, read within [`AppState::body_timeout`] (counted from the end of
+/// its head, when the handler starts reading) and [`AppState::max_body`]: 408
+/// `request_timeout` or 413 otherwise.
+struct RequestBody(Bytes);
+
+impl FromRequest<Shared> for RequestBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Shared) -> Result<Self, ApiError> {
+        match tokio::time::timeout(st.body_timeout, Bytes::from_request(req, st)).await {
+            Ok(Ok(body)) => Ok(Self(body)),
+            Ok(Err(r)) => Err(body_rejection(r, st.max_body)),
+            Err(_) => {
+                metrics::counter!(TIMEOUTS, "phase" => "body").increment(1);
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {:?} \
+                         (WARREN_INGEST_BODY_TIMEOUT / --body-timeout)",
+                        st.body_timeout
+                    ),
+                ))
+            }
         }
     }
 }
@@ -396,7 +466,7 @@ async fn post_one(
     task: Result<Path<String>, PathRejection>,
     when: Result<Query<When>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<RequestBody, ApiError>,
 ) -> Response {
     let result = async {
         let Path(task) = task.map_err(|e| {
@@ -411,7 +481,7 @@ async fn post_one(
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_task", e.to_string())
                 .at(Some("task".into()))
         })?;
-        let body = body.map_err(|r| body_rejection(r, st.max_body))?;
+        let RequestBody(body) = body?;
         let Query(when) = when.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -464,10 +534,10 @@ async fn post_batch(
     State(st): State<Shared>,
     Extension(scope): Extension<Scope>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<RequestBody, ApiError>,
 ) -> Response {
     let result = async {
-        let body = body.map_err(|r| body_rejection(r, st.max_body))?;
+        let RequestBody(body) = body?;
         let idem = header_value(&headers, "Idempotency-Key")?;
         let tenant = header_value(&headers, "X-Tenant")?;
         // Each payload is checked on its own below; the array and item objects add two levels.
@@ -803,15 +873,17 @@ async fn hold(store: &Store, held: &[(&Job, PublishOptions)]) -> Result<(), ApiE
     tx.commit().await.map_err(database_unavailable)
 }
 
+fn payload_too_large(max_body: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than {max_body} bytes (WARREN_MAX_BODY / --max-body)"),
+    )
+}
+
 fn body_rejection(r: BytesRejection, max_body: usize) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the request body is larger than {max_body} bytes (WARREN_MAX_BODY / --max-body)"
-            ),
-        )
+        payload_too_large(max_body)
     } else {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
     }

@@ -3,32 +3,16 @@
 //! A request whose head cannot be parsed never reaches the router: hyper answers it directly,
 //! 400 (a header value with a control character, a bad method, URI or version), 414 (URI too
 //! long) or 431 (headers over its buffer, about 400 KiB, or over 100 headers), with an empty
-//! body. The API promises a JSON error for every answer, so the connection's writes pass
-//! through [`JsonErrors`]: a response head with one of those statuses, `content-length: 0`
-//! and nothing after it (only the parser writes such a response: every API answer has a
-//! body) is rewritten to carry `{error, message}` and `Content-Type: application/json`.
+//! body. The API promises a JSON error for every answer, so the server (`super::server`)
+//! passes every connection's writes through [`JsonErrors`]: a response head with one of
+//! those statuses, `content-length: 0` and nothing after it (only the parser writes such a
+//! response: every API answer has a body) is rewritten to carry `{error, message}` and
+//! `Content-Type: application/json`.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// A listener whose connections rewrite the parser's bodiless error answers.
-pub(super) struct Listener(pub tokio::net::TcpListener);
-
-impl axum::serve::Listener for Listener {
-    type Io = JsonErrors<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        (JsonErrors::new(io), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
 
 /// A connection whose parser-error answers get a JSON body; see the module docs.
 pub struct JsonErrors<S> {
@@ -39,7 +23,7 @@ pub struct JsonErrors<S> {
 }
 
 impl<S> JsonErrors<S> {
-    fn new(io: S) -> Self {
+    pub(super) fn new(io: S) -> Self {
         Self {
             io,
             pending: Vec::new(),
