@@ -13,6 +13,8 @@
 mod auth;
 mod idempotency;
 mod linger;
+#[cfg(test)]
+mod properties;
 mod wire;
 
 use crate::broker::SharedBroker;
@@ -410,7 +412,7 @@ fn parse_one(
     let idem = header_value(headers, "Idempotency-Key")?;
     let tenant = header_value(headers, "X-Tenant")?;
     let id = header_value(headers, "X-Job-Id")?;
-    check_task(topology, &task, None)?;
+    check_task(topology, &task, Some("task".into()))?;
     warren_core::payload::validate(&task, &body).map_err(|e| payload_error(e, None))?;
     let route = format!("/v1/jobs/{task}");
     let when_part = when.fingerprint();
