@@ -725,3 +725,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         "non-string panic payload".into()
     }
 }
+
+#[cfg(test)]
+mod properties;
