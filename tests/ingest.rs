@@ -363,6 +363,7 @@ async fn bad_requests_are_refused_with_json_errors() {
     let (s, v) = ingest.job("nope.unknown", json!({}), &[]).await;
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"], "unknown_task");
+    assert_eq!(v["path"], "task");
     assert!(v["message"].as_str().unwrap().contains("nope.unknown"));
 
     let (s, v) = ingest.job("demo.sleep", json!({"ms": "x"}), &[]).await;

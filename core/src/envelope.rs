@@ -2,6 +2,7 @@
 //!
 //! The body is the task's JSON payload; the routing key is the task name; `message_id` is
 //! the job id. Everything else is an optional header, read and written only here.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;

@@ -24,6 +24,7 @@
 //! break logs, HTTP headers and some AMQP clients.
 //!
 //! [`LimitError`] names the field and says what to do.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //!
 //! Errors name the JSON path of the first problem: `payload at $.mode: unknown variant …`,
 //! with [`PayloadError::path`] = `mode`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use crate::task;
 use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
@@ -51,7 +52,8 @@ impl PayloadError {
 
 /// Decodes JSON, naming the path of the first error (`$.mode: unknown variant …`). A struct
 /// payload must be a JSON object, as its schema says (serde alone would also take an array of
-/// the fields in order).
+/// the fields in order). A body that is not JSON is always a syntax error, even where the
+/// decoder meets a value of the wrong type before the broken part (`0"`, `{"ms":"x",`).
 pub fn decode<P: DeserializeOwned>(body: &[u8]) -> Result<P, PayloadError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: P = serde_path_to_error::deserialize(ObjectsOnly(&mut de)).map_err(|e| {
@@ -59,6 +61,8 @@ pub fn decode<P: DeserializeOwned>(body: &[u8]) -> Result<P, PayloadError> {
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             PayloadError::syntax(inner)
+        } else if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            PayloadError::syntax(syntax)
         } else if path == "." {
             PayloadError {
                 kind: PayloadErrorKind::Invalid,
@@ -264,6 +268,12 @@ mod tests {
         assert!(e.is_syntax() && e.path.is_none());
         let e = decode::<DemoFail>(br#"{"mode":"permanent"} trailing"#).unwrap_err();
         assert!(e.message.starts_with("body is not valid JSON"), "{e}");
+        // Not JSON, although a value of the wrong type comes before the broken part.
+        for body in [&b"0\""[..], br#"{"mode":"explode","#, br#"[1] x"#] {
+            let e = decode::<DemoFail>(body).unwrap_err();
+            assert!(e.is_syntax() && e.path.is_none(), "{e}");
+            assert!(e.message.starts_with("body is not valid JSON"), "{e}");
+        }
         let e = decode::<DemoFail>(b"[]").unwrap_err();
         assert!(e.message.contains("as a JSON object"), "{e}");
         assert_eq!(e.path, None);

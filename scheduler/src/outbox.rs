@@ -14,6 +14,7 @@
 //! A row that cannot be published (no queue receives its task) gets `publish_attempts + 1`,
 //! `last_error`, and a `run_at` pushed back exponentially (up to an hour): it stays visible
 //! in the table and never blocks the rows behind it.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::PgPool;

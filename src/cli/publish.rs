@@ -1,4 +1,5 @@
 //! `warren publish`: publish a job (or N copies) and wait for the broker's confirms.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use super::Global;
 use anyhow::{bail, Context};

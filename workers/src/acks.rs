@@ -8,6 +8,7 @@
 //! prefix to catch up (a group commit wakes its jobs in no particular order, so the job
 //! ahead is usually a moment behind) and is then acked on its own, so a slow job never holds
 //! the others' prefetch slots for longer. Under load a single frame acks hundreds of jobs.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use crate::gather::gather;
 use lapin::options::BasicAckOptions;

@@ -1,12 +1,14 @@
 //! What happens to one delivery, from arrival to ack. See the crate docs for the order of
 //! steps; the invariant is that the ack is the last thing, after every consequence of the
 //! delivery (ledger row, retry or dead letter) is durable.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use crate::acks::{AckEvent, AckSender};
 use crate::ledger::{self, Check, Finish, JobKey, Ledger, LedgerError, Status, MARK_RUNNING_AFTER};
-use crate::registry::Registry;
+use crate::registry::{ErasedTask, Registry};
 use crate::task::JobContext;
 use crate::TaskError;
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
@@ -15,7 +17,7 @@ use lapin::BasicProperties;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use warren_core::envelope::{self as env, DeadLetterKind};
@@ -106,7 +108,14 @@ impl QueueMetrics {
     }
 
     fn task(&self, task: &str) -> Arc<TaskMetrics> {
-        if let Some(m) = self.tasks.read().expect("not poisoned").get(task) {
+        // The map only ever gains complete entries, so one a panicking thread left behind
+        // (a poisoned lock) is still sound: use it rather than fail every later delivery.
+        if let Some(m) = self
+            .tasks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(task)
+        {
             return m.clone();
         }
         let counter = |o: Outcome| {
@@ -120,7 +129,7 @@ impl QueueMetrics {
         });
         self.tasks
             .write()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(task.to_owned())
             .or_insert(m)
             .clone()
@@ -142,6 +151,76 @@ impl Drop for InFlight {
     }
 }
 
+/// What the runtime reads from a delivery's envelope (routing key, `message_id`, headers)
+/// before anything else, whatever a client put there; it never panics. The job id and task
+/// name are storable in the ledger ([`ledger::unstorable`] is `None` for both): a message
+/// whose own are not gets stand-ins, and [`Envelope::unstorable`] says why, for the job to
+/// be dead-lettered `malformed` without running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Envelope {
+    /// The `message_id`, a stand-in for one the ledger cannot hold
+    /// ([`ledger::malformed_id`]), or a new UUIDv7 for a message without one.
+    pub job_id: String,
+    /// The routing key, or its escaped form ([`ledger::escaped_key`]) if the ledger cannot
+    /// hold it.
+    pub task: String,
+    /// `x-attempt`, 1 to `u32::MAX`; 1 when absent or not a whole number.
+    pub attempt: u32,
+    pub tenant: Option<String>,
+    pub traceparent: Option<String>,
+    /// Why the job id or task name cannot be recorded as they are.
+    pub unstorable: Option<String>,
+}
+
+impl Envelope {
+    pub(crate) fn read(routing_key: &str, props: &BasicProperties) -> Self {
+        let headers = props.headers().as_ref();
+        // What the ledger, the metrics and the logs take must be storable: a job id or task
+        // name PostgreSQL text cannot hold (a NUL byte) is replaced, and the job dead-lettered
+        // `malformed` before anything else (`process`).
+        let mut unstorable: Option<String> = None;
+        let task = match ledger::unstorable(routing_key) {
+            None => routing_key.to_owned(),
+            Some(why) => {
+                let task = ledger::escaped_key(routing_key);
+                unstorable = Some(format!(
+                    "the task name (routing key) {routing_key:?} {why}; recorded in the job ledger as `{task}`"
+                ));
+                task
+            }
+        };
+        let job_id = match props.message_id() {
+            Some(id) if !id.as_str().is_empty() => match ledger::unstorable(id.as_str()) {
+                None => id.as_str().to_owned(),
+                Some(why) => {
+                    let job_id = ledger::malformed_id(id.as_str());
+                    let msg = format!(
+                        "the message_id {:?} {why}; recorded in the job ledger as {job_id}",
+                        id.as_str()
+                    );
+                    unstorable = Some(match unstorable {
+                        Some(t) => format!("{msg}; {t}"),
+                        None => msg,
+                    });
+                    job_id
+                }
+            },
+            _ => uuid::Uuid::now_v7().to_string(),
+        };
+        let attempt = env::header_u64(headers, env::H_ATTEMPT)
+            .unwrap_or(1)
+            .clamp(1, u32::MAX.into()) as u32;
+        Self {
+            job_id,
+            task,
+            attempt,
+            tenant: env::header_str(headers, env::H_TENANT),
+            traceparent: env::header_str(headers, env::H_TRACEPARENT),
+            unstorable,
+        }
+    }
+}
+
 /// Processes one delivery to the end (see the module docs). The ack itself goes through the
 /// channel's ack batcher.
 pub(crate) async fn handle(
@@ -152,56 +231,18 @@ pub(crate) async fn handle(
     acks: AckSender,
 ) {
     let _gauge = InFlight::enter(&m.in_flight);
-    let headers = d.properties.headers().as_ref();
-    // What the ledger, the metrics and the logs take must be storable: a job id or task name
-    // PostgreSQL text cannot hold (a NUL byte) is replaced, and the job dead-lettered
-    // `malformed` before anything else (`process`).
-    let mut unstorable: Option<String> = None;
-    let raw_task = d.routing_key.as_str();
-    let task = match ledger::unstorable(raw_task) {
-        None => raw_task.to_owned(),
-        Some(why) => {
-            let task = ledger::escaped_key(raw_task);
-            unstorable = Some(format!(
-                "the task name (routing key) {raw_task:?} {why}; recorded in the job ledger as `{task}`"
-            ));
-            task
-        }
-    };
-    let job_id = match d.properties.message_id() {
-        Some(id) if !id.as_str().is_empty() => match ledger::unstorable(id.as_str()) {
-            None => id.as_str().to_owned(),
-            Some(why) => {
-                let job_id = ledger::malformed_id(id.as_str());
-                let msg = format!(
-                    "the message_id {:?} {why}; recorded in the job ledger as {job_id}",
-                    id.as_str()
-                );
-                unstorable = Some(match unstorable {
-                    Some(t) => format!("{msg}; {t}"),
-                    None => msg,
-                });
-                job_id
-            }
-        },
-        _ => uuid::Uuid::now_v7().to_string(),
-    };
-    let attempt = env::header_u64(headers, env::H_ATTEMPT)
-        .unwrap_or(1)
-        .clamp(1, u32::MAX.into()) as u32;
-    let tenant = env::header_str(headers, env::H_TENANT);
-    let traceparent = env::header_str(headers, env::H_TRACEPARENT);
-    let span = tracing::info_span!("job", %job_id, %task, queue = %queue.name, attempt,
-        tenant = tenant.as_deref(), traceparent = traceparent.as_deref());
+    let e = Envelope::read(d.routing_key.as_str(), &d.properties);
+    let span = tracing::info_span!("job", job_id = %e.job_id, task = %e.task, queue = %queue.name,
+        attempt = e.attempt, tenant = e.tenant.as_deref(), traceparent = e.traceparent.as_deref());
     let job = Job {
         key: Arc::new(JobKey {
-            job_id,
-            task,
+            job_id: e.job_id,
+            task: e.task,
             queue: queue.name.clone(),
         }),
-        attempt,
-        tenant,
-        unstorable,
+        attempt: e.attempt,
+        tenant: e.tenant,
+        unstorable: e.unstorable,
         d,
     };
     async move {
@@ -277,48 +318,35 @@ async fn process(
         return dead_letter(s, queue, job, &not_run, DeadLetterKind::DeliveryLimit, &msg).await;
     }
 
-    if d.data.len() > s.max_body {
-        let msg = format!(
-            "body is {} bytes; the limit is {} (WARREN_MAX_BODY)",
-            d.data.len(),
-            s.max_body
-        );
-        let not_run = Attempt::not_run();
-        return dead_letter(s, queue, job, &not_run, DeadLetterKind::Malformed, &msg).await;
-    }
-
-    let Some(handler) = s.registry.get(&key.task) else {
-        let known: Vec<&str> = s.registry.names().collect();
-        let msg = format!(
-            "no handler for task {:?} on this worker (it runs: {})",
-            key.task,
-            known.join(", ")
-        );
-        let not_run = Attempt::not_run();
-        return dead_letter(s, queue, job, &not_run, DeadLetterKind::UnknownTask, &msg).await;
-    };
-
-    let policy = handler.retry_policy();
-    let max_attempts = env::header_u64(headers, env::H_MAX_ATTEMPTS)
-        .map(|m| m.clamp(1, u32::MAX.into()) as u32)
-        .unwrap_or(policy.max_attempts);
-    let ctx = JobContext {
-        job_id: key.job_id.clone(),
-        task: key.task.clone(),
-        queue: queue.name.clone(),
-        attempt,
+    let admitted = admit(
+        &s.registry,
+        &key.task,
+        &d.data,
+        s.max_body,
+        headers,
+        |max_attempts| JobContext {
+            job_id: key.job_id.clone(),
+            task: key.task.clone(),
+            queue: queue.name.clone(),
+            attempt,
+            max_attempts,
+            idempotency_key: env::header_str(headers, env::H_IDEMPOTENCY_KEY),
+            tenant: job.tenant.clone(),
+            db: s.db.clone(),
+        },
+    );
+    let Admitted {
+        handler,
         max_attempts,
-        idempotency_key: env::header_str(headers, env::H_IDEMPOTENCY_KEY),
-        tenant: job.tenant.clone(),
-        db: s.db.clone(),
-    };
-    let fut = match handler.clone().start(&d.data, ctx) {
-        Ok(fut) => fut,
-        Err(m) => {
+        run: fut,
+    } = match admitted {
+        Ok(a) => a,
+        Err(r) => {
             let not_run = Attempt::not_run();
-            return dead_letter(s, queue, job, &not_run, DeadLetterKind::Malformed, &m.0).await;
+            return dead_letter(s, queue, job, &not_run, r.kind, &r.message).await;
         }
     };
+    let policy = handler.retry_policy();
 
     let check = match s.ledger.check(key.clone()).await {
         Err(LedgerError::Refused(why)) => return refused(s, queue, job, &why).await,
@@ -405,6 +433,70 @@ async fn process(
     }
     let tier = policy.tier(attempt, s.topology.tiers());
     delay(s, job, &ran, tier, attempt + 1, &error).await
+}
+
+/// A delivery its handler may run, as [`admit`] found it.
+pub(crate) struct Admitted {
+    pub handler: Arc<dyn ErasedTask>,
+    /// `x-max-attempts` (1 to `u32::MAX`), else the task's own.
+    pub max_attempts: u32,
+    /// The handler's run over the decoded payload, not started.
+    pub run: BoxFuture<'static, Result<(), TaskError>>,
+}
+
+/// Why a delivery is dead-lettered without running: [`DeadLetterKind::Malformed`] or
+/// [`DeadLetterKind::UnknownTask`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub kind: DeadLetterKind,
+    pub message: String,
+}
+
+/// Judges a delivery by its task, body and headers alone, before the ledger is asked: a body
+/// over `max_body` bytes, or one that does not decode into the task's payload type, is
+/// `malformed`; a task without a handler is `unknown-task`. Never panics, whatever the
+/// input. `ctx` builds the handler's context from the job's `max_attempts`.
+pub(crate) fn admit(
+    registry: &Registry,
+    task: &str,
+    body: &[u8],
+    max_body: usize,
+    headers: Option<&FieldTable>,
+    ctx: impl FnOnce(u32) -> JobContext,
+) -> Result<Admitted, Refusal> {
+    if body.len() > max_body {
+        return Err(Refusal {
+            kind: DeadLetterKind::Malformed,
+            message: format!(
+                "body is {} bytes; the limit is {max_body} (WARREN_MAX_BODY)",
+                body.len()
+            ),
+        });
+    }
+    let Some(handler) = registry.get(task) else {
+        let known: Vec<&str> = registry.names().collect();
+        return Err(Refusal {
+            kind: DeadLetterKind::UnknownTask,
+            message: format!(
+                "no handler for task {task:?} on this worker (it runs: {})",
+                known.join(", ")
+            ),
+        });
+    };
+    let max_attempts = env::header_u64(headers, env::H_MAX_ATTEMPTS)
+        .map(|m| m.clamp(1, u32::MAX.into()) as u32)
+        .unwrap_or(handler.retry_policy().max_attempts);
+    match handler.clone().start(body, ctx(max_attempts)) {
+        Ok(run) => Ok(Admitted {
+            handler,
+            max_attempts,
+            run,
+        }),
+        Err(m) => Err(Refusal {
+            kind: DeadLetterKind::Malformed,
+            message: m.0,
+        }),
+    }
 }
 
 /// The ledger's view of this delivery's execution.
@@ -633,3 +725,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         "non-string panic payload".into()
     }
 }
+
+#[cfg(test)]
+mod properties;

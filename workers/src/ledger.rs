@@ -44,13 +44,14 @@
 //! time so that only the ops whose data is refused fail, each with [`LedgerError::Refused`].
 //! The runtime checks what it records before it gets here ([`unstorable`]); this is the
 //! second line of defence.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use crate::gather::{gather, take_ready};
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use warren_core::telemetry::{names, Health};
@@ -330,17 +331,20 @@ impl Task {
     }
 
     async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
-        if self.held.is_none() {
-            let mut c = self.pool.acquire().await?;
-            for set in [
-                "SET plan_cache_mode = force_generic_plan",
-                "SET enable_seqscan = off",
-            ] {
-                sqlx::query(set).persistent(false).execute(&mut *c).await?;
+        let c = match self.held.take() {
+            Some(c) => c,
+            None => {
+                let mut c = self.pool.acquire().await?;
+                for set in [
+                    "SET plan_cache_mode = force_generic_plan",
+                    "SET enable_seqscan = off",
+                ] {
+                    sqlx::query(set).persistent(false).execute(&mut *c).await?;
+                }
+                c
             }
-            self.held = Some(c);
-        }
-        Ok(self.held.as_mut().expect("just set"))
+        };
+        Ok(&mut **self.held.insert(c))
     }
 
     /// Forgets a connection that failed (or whose session state is in doubt): it is closed
@@ -352,7 +356,12 @@ impl Task {
     }
 
     fn report(&self, up: bool) {
-        let mut failing = self.db.failing.lock().expect("not poisoned");
+        // Plain flags, always consistent: a lock poisoned by a panic elsewhere is still usable.
+        let mut failing = self
+            .db
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         failing[self.id] = !up;
         self.db.health.set("database", !failing.iter().any(|f| *f));
     }

@@ -12,6 +12,7 @@
 //! - **Shutdown.** On the token: cancel the consumers (no new deliveries), wait up to
 //!   `grace` for in-flight jobs to finish and ack, then close the connection; whatever is
 //!   still unacked returns to its queue.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use crate::execute::{self, Session};
 use crate::ledger::Ledger;

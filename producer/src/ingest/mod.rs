@@ -8,11 +8,14 @@
 //! Requests carry `Authorization: Bearer <token>`; an `Idempotency-Key` header makes a
 //! retried request answer the first response without publishing again. See
 //! `docs/ingest.md` for the whole contract.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod auth;
 mod idempotency;
 mod linger;
 mod outcome;
+#[cfg(test)]
+mod properties;
 mod server;
 mod wire;
 
@@ -460,6 +463,10 @@ struct Item {
     when: When,
 }
 
+/// What a request becomes before anything is published: its jobs, its `Idempotency-Key` and
+/// the request's fingerprint for that key.
+type Parsed = (Vec<Job>, Option<String>, String);
+
 async fn post_one(
     State(st): State<Shared>,
     Extension(scope): Extension<Scope>,
@@ -468,66 +475,78 @@ async fn post_one(
     headers: HeaderMap,
     body: Result<RequestBody, ApiError>,
 ) -> Response {
-    let result = async {
-        let Path(task) = task.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_task",
-                format!("the task name in the path must be UTF-8 (percent-encoded): {e}"),
-            )
-            .at(Some("task".into()))
-        })?;
-        limits::check_short("task", &task).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_task", e.to_string())
-                .at(Some("task".into()))
-        })?;
-        let RequestBody(body) = body?;
-        let Query(when) = when.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("query parameters: only delay (seconds) or run_at (RFC 3339): {e}"),
-            )
-        })?;
-        let run_at = when.run_at("")?;
-        let idem = header_value(&headers, "Idempotency-Key")?;
-        let tenant = header_value(&headers, "X-Tenant")?;
-        let id = header_value(&headers, "X-Job-Id")?;
-        check_task(&st.topology, &task, None)?;
-        warren_core::payload::validate(&task, &body).map_err(|e| payload_error(e, None))?;
-        let route = format!("/v1/jobs/{task}");
-        let when_part = when.fingerprint();
-        let mut parts: Vec<&[u8]> = vec![
-            route.as_bytes(),
-            tenant.as_deref().unwrap_or_default().as_bytes(),
-            id.as_deref().unwrap_or_default().as_bytes(),
-            &body,
-        ];
-        if let Some(w) = &when_part {
-            parts.push(w.as_bytes());
-        }
-        let hash = request_hash(&parts);
-        let opts = PublishOptions {
-            id,
-            idempotency_key: idem.clone(),
-            tenant,
-            ..Default::default()
-        };
-        opts.check(&task)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", e.to_string()))?;
-        let job = Job {
-            task,
-            body: body.to_vec(),
-            opts,
-            run_at,
-        };
-        Ok::<_, ApiError>((vec![job], idem, hash))
-    }
-    .await;
-    match result {
+    let task = task.map(|Path(t)| t).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_task",
+            format!("the task name in the path must be UTF-8 (percent-encoded): {e}"),
+        )
+        .at(Some("task".into()))
+    });
+    let when = when.map(|Query(w)| w).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("query parameters: only delay (seconds) or run_at (RFC 3339): {e}"),
+        )
+    });
+    let body = body.map(|RequestBody(b)| b);
+    match parse_one(&st.topology, task, when, &headers, body) {
         Ok((jobs, idem, hash)) => accept(&st, &scope, jobs, idem, hash).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// `POST /v1/jobs/{task}` up to publishing, without a broker: the path, the query, the
+/// headers and the body (each as its extractor left it) checked in this order, into one job
+/// within [`warren_core::limits`] whose payload fits its task, or the first refusal (4xx).
+fn parse_one(
+    topology: &Topology,
+    task: Result<String, ApiError>,
+    when: Result<When, ApiError>,
+    headers: &HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Parsed, ApiError> {
+    let task = task?;
+    limits::check_short("task", &task).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_task", e.to_string())
+            .at(Some("task".into()))
+    })?;
+    let body = body?;
+    let when = when?;
+    let run_at = when.run_at("")?;
+    let idem = header_value(headers, "Idempotency-Key")?;
+    let tenant = header_value(headers, "X-Tenant")?;
+    let id = header_value(headers, "X-Job-Id")?;
+    check_task(topology, &task, Some("task".into()))?;
+    warren_core::payload::validate(&task, &body).map_err(|e| payload_error(e, None))?;
+    let route = format!("/v1/jobs/{task}");
+    let when_part = when.fingerprint();
+    let mut parts: Vec<&[u8]> = vec![
+        route.as_bytes(),
+        tenant.as_deref().unwrap_or_default().as_bytes(),
+        id.as_deref().unwrap_or_default().as_bytes(),
+        &body,
+    ];
+    if let Some(w) = &when_part {
+        parts.push(w.as_bytes());
+    }
+    let hash = request_hash(&parts);
+    let opts = PublishOptions {
+        id,
+        idempotency_key: idem.clone(),
+        tenant,
+        ..Default::default()
+    };
+    opts.check(&task)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", e.to_string()))?;
+    let job = Job {
+        task,
+        body: body.to_vec(),
+        opts,
+        run_at,
+    };
+    Ok((vec![job], idem, hash))
 }
 
 async fn post_batch(
@@ -536,71 +555,78 @@ async fn post_batch(
     headers: HeaderMap,
     body: Result<RequestBody, ApiError>,
 ) -> Response {
-    let result = async {
-        let RequestBody(body) = body?;
-        let idem = header_value(&headers, "Idempotency-Key")?;
-        let tenant = header_value(&headers, "X-Tenant")?;
-        // Each payload is checked on its own below; the array and item objects add two levels.
-        limits::check_body_within("body", &body, limits::MAX_JSON_DEPTH + 2)
-            .map_err(|e| payload_error(warren_core::payload::PayloadError::from_limit(e), None))?;
-        let items: Vec<Item> =
-            warren_core::payload::decode(&body).map_err(|e| payload_error(e, None))?;
-        if items.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_payload",
-                "the batch is empty: send a JSON array of {task, payload, id?, idempotency_key?}",
-            ));
-        }
-        let mut jobs = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let field = |e: LimitError| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_payload",
-                    format!("item {i}: {e}"),
-                )
-                .at(Some(format!("[{i}].{}", e.field())))
-            };
-            limits::check_short("task", &item.task).map_err(field)?;
-            check_task(&st.topology, &item.task, Some(format!("[{i}].task")))?;
-            let bytes = serde_json::to_vec(&item.payload).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_payload",
-                    format!("item {i}: the payload cannot be encoded: {e}"),
-                )
-                .at(Some(format!("[{i}].payload")))
-            })?;
-            warren_core::payload::validate(&item.task, &bytes)
-                .map_err(|e| payload_error(e, Some(i)))?;
-            let run_at = item.when.run_at(&format!("[{i}]."))?;
-            let opts = PublishOptions {
-                id: item.id,
-                idempotency_key: item.idempotency_key,
-                tenant: tenant.clone(),
-                ..Default::default()
-            };
-            opts.check(&item.task).map_err(field)?;
-            jobs.push(Job {
-                task: item.task,
-                body: bytes,
-                opts,
-                run_at,
-            });
-        }
-        let hash = request_hash(&[
-            b"/v1/jobs",
-            tenant.as_deref().unwrap_or_default().as_bytes(),
-            &body,
-        ]);
-        Ok::<_, ApiError>((jobs, idem, hash))
-    }
-    .await;
-    match result {
+    let body = body.map(|RequestBody(b)| b);
+    match parse_batch(&st.topology, &headers, body) {
         Ok((jobs, idem, hash)) => accept(&st, &scope, jobs, idem, hash).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// `POST /v1/jobs` up to publishing, without a broker: every item checked as
+/// [`parse_one`] checks a job, all before any is published, or the first refusal (4xx).
+fn parse_batch(
+    topology: &Topology,
+    headers: &HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Parsed, ApiError> {
+    let body = body?;
+    let idem = header_value(headers, "Idempotency-Key")?;
+    let tenant = header_value(headers, "X-Tenant")?;
+    // Each payload is checked on its own below; the array and item objects add two levels.
+    limits::check_body_within("body", &body, limits::MAX_JSON_DEPTH + 2)
+        .map_err(|e| payload_error(warren_core::payload::PayloadError::from_limit(e), None))?;
+    let items: Vec<Item> =
+        warren_core::payload::decode(&body).map_err(|e| payload_error(e, None))?;
+    if items.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_payload",
+            "the batch is empty: send a JSON array of {task, payload, id?, idempotency_key?}",
+        ));
+    }
+    let mut jobs = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let field = |e: LimitError| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_payload",
+                format!("item {i}: {e}"),
+            )
+            .at(Some(format!("[{i}].{}", e.field())))
+        };
+        limits::check_short("task", &item.task).map_err(field)?;
+        check_task(topology, &item.task, Some(format!("[{i}].task")))?;
+        let bytes = serde_json::to_vec(&item.payload).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_payload",
+                format!("item {i}: the payload cannot be encoded: {e}"),
+            )
+            .at(Some(format!("[{i}].payload")))
+        })?;
+        warren_core::payload::validate(&item.task, &bytes)
+            .map_err(|e| payload_error(e, Some(i)))?;
+        let run_at = item.when.run_at(&format!("[{i}]."))?;
+        let opts = PublishOptions {
+            id: item.id,
+            idempotency_key: item.idempotency_key,
+            tenant: tenant.clone(),
+            ..Default::default()
+        };
+        opts.check(&item.task).map_err(field)?;
+        jobs.push(Job {
+            task: item.task,
+            body: bytes,
+            opts,
+            run_at,
+        });
+    }
+    let hash = request_hash(&[
+        b"/v1/jobs",
+        tenant.as_deref().unwrap_or_default().as_bytes(),
+        &body,
+    ]);
+    Ok((jobs, idem, hash))
 }
 
 /// Publishes valid jobs, honouring the `Idempotency-Key`: a replay answers the stored
