@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(cli::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

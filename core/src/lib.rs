@@ -10,6 +10,7 @@
 //! - [`config`]: typed settings from env vars, flags and the optional TOML file.
 //! - [`broker`]: connecting to RabbitMQ with credentials kept out of logs.
 //! - [`db`]: connecting to PostgreSQL, creating the database, running migrations.
+//! - [`migrations`]: the embedded migrations, what a database has applied, reverting.
 //! - [`telemetry`]: logging, Prometheus metrics and the health endpoints.
 
 pub mod billing;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod limits;
+pub mod migrations;
 pub mod outbox;
 pub mod payload;
 pub mod task;

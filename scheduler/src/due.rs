@@ -2,7 +2,7 @@
 //! attempt once.
 //!
 //! Each [`DueKind`] is a fixed SQL predicate matching one partial index of
-//! `customer_subscriptions` (migrations `..._billing.sql`, `..._renewals.sql`), read in
+//! `customer_subscriptions` (migrations `..._billing.up.sql`, `..._renewals.up.sql`), read in
 //! keyset order in pages, so the scan never holds the whole due set. Period kinds read
 //! `(current_period_end, id)` of ACTIVE/TRIALING subscriptions (attempt 1); dunning kinds read
 //! `(COALESCE(next_attempt_at, current_period_end), id)` of PAST_DUE ones (attempt

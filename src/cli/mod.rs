@@ -115,8 +115,22 @@ impl From<LogFormatArg> for LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create the database if missing and apply migrations (idempotent).
-    Migrate,
+    /// Create the database if missing and apply migrations (idempotent); --check tells
+    /// whether a release needs a schema change, --down reverts for a rollback.
+    ///
+    /// Without options: creates the database named in DATABASE_URL if it is missing and
+    /// applies every pending migration, each in a transaction; it refuses a database that a
+    /// newer release migrated. Safe to run again and from several processes at once.
+    ///
+    /// --check changes nothing and tells a deploy pipeline, by its exit status, whether this
+    /// release needs a schema change (3), is up to date (0), or meets a database a newer
+    /// release migrated (4), as a rollback pipeline must see before deploying an older image.
+    ///
+    /// --down VERSION reverts, newest first and each in its own transaction, every applied
+    /// migration newer than VERSION (0: all of them), with the down scripts of this release:
+    /// run it with the release that applied the migrations, before deploying the older one.
+    #[command(after_help = migrate::AFTER_HELP, after_long_help = migrate::after_long_help())]
+    Migrate(migrate::MigrateArgs),
     /// Declare exchanges, queues, delay tiers and dead-letter queues; print what exists.
     Topology,
     /// Consume work queues and run their jobs.
@@ -156,10 +170,11 @@ pub enum Command {
     Status(status::StatusArgs),
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; its exit status is 0 unless it says otherwise (`migrate --check`).
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let g = cli.global;
-    match cli.command {
-        Command::Migrate => migrate::run(&g).await,
+    let done = match cli.command {
+        Command::Migrate(a) => return migrate::run(&g, a).await,
         Command::Topology => topology::run(&g).await,
         Command::Worker(a) => worker::run(&g, a).await,
         Command::Scheduler(a) => scheduler::run(&g, a).await,
@@ -176,7 +191,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(a) => dlq::run(&g, a).await,
         Command::Billing(a) => billing::run(&g, a).await,
         Command::Status(a) => status::run(&g, a).await,
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 impl Global {

@@ -1,0 +1,2 @@
+-- Loses: the record of published cron ticks (cron_ticks).
+DROP TABLE cron_ticks;
