@@ -940,3 +940,25 @@ async fn publish_ids_out_and_ids_from_resend_a_batch_under_the_same_ids() {
     drop(w);
     env.cleanup().await;
 }
+
+/// A telemetry address already in use stops the role at start with an error that names the
+/// address and the setting, instead of a bare "Address in use".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_metrics_address_is_named() {
+    let env = TestEnv::new(FAST_CONFIG).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut w = env.spawn(
+        &["worker", "--queue", "default"],
+        &[("WARREN_METRICS_ADDR", addr.as_str())],
+    );
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let logs = w.logs();
+    assert!(
+        logs.contains(&format!("cannot listen on {addr}")) && logs.contains("WARREN_METRICS_ADDR"),
+        "{logs}"
+    );
+    drop(taken);
+    env.cleanup().await;
+}

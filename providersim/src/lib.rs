@@ -123,7 +123,9 @@ pub async fn serve(
     addr: SocketAddr,
     cfg: SimConfig,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
     let app = router(cfg);
     tracing::info!(addr = %bound, ?cfg, "provider simulator listening");

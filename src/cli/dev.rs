@@ -5,6 +5,7 @@
 use super::scheduler::SchedulerArgs;
 use super::worker::{ProviderClientArgs, Tuning, WorkerArgs};
 use super::Global;
+use anyhow::Context;
 use clap::Args;
 use warren_core::config::FileConfig;
 use warren_core::telemetry;
@@ -80,7 +81,9 @@ pub async fn run(g: &Global, mut a: DevArgs) -> anyhow::Result<()> {
         .map(|q| q.name.clone())
         .collect();
     let health = telemetry::Health::new(&warren_workers::HEALTH_CHECKS);
-    let metrics = telemetry::serve(g.metrics_addr, health.clone()).await?;
+    let metrics = telemetry::serve(g.metrics_addr, health.clone())
+        .await
+        .context("starting the telemetry listener (--metrics-addr, WARREN_METRICS_ADDR; port 0 picks a free one)")?;
     let shutdown = super::shutdown_on_signals();
     let pool = warren_core::db::lazy_pool(&g.database_url, 1)?;
     let summary = tokio::spawn(summary_lines(pool, metrics, shutdown.clone()));

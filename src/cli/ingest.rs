@@ -86,7 +86,9 @@ pub async fn run(g: &Global, a: IngestArgs) -> anyhow::Result<()> {
     let topology = g.topology()?;
     let pool = db::lazy_pool(&g.database_url, 8)?;
     let health = telemetry::Health::new(&["broker", "flow"]);
-    telemetry::serve(g.metrics_addr, health.clone()).await?;
+    telemetry::serve(g.metrics_addr, health.clone())
+        .await
+        .context("starting the telemetry listener (--metrics-addr, WARREN_METRICS_ADDR; port 0 picks a free one)")?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {} (WARREN_INGEST_LISTEN)", a.listen))?;

@@ -2,6 +2,7 @@
 //! tests, `warren dev` and the compose stack.
 
 use super::Global;
+use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +23,9 @@ pub async fn run(_g: &Global, a: ProviderSimArgs) -> anyhow::Result<()> {
         latency: Duration::from_millis(a.latency),
         ..SimConfig::default()
     };
-    let (addr, server) = serve(a.listen, cfg).await?;
+    let (addr, server) = serve(a.listen, cfg)
+        .await
+        .context("starting the provider simulator (--listen)")?;
     println!("provider simulator listening on http://{addr}");
     tracing::info!(%addr, latency_ms = a.latency, "provider simulator listening");
     let shutdown = super::shutdown_on_signals();

@@ -2,6 +2,7 @@
 //! `warren scheduler` and `warren dev`; any number of relays can run side by side.
 
 use super::Global;
+use anyhow::Context;
 use clap::Args;
 use std::time::Duration;
 use warren_core::{db, telemetry};
@@ -32,7 +33,9 @@ impl RelayArgs {
 
 pub async fn run(g: &Global, a: RelayArgs) -> anyhow::Result<()> {
     let health = telemetry::Health::new(&["database"]);
-    telemetry::serve(g.metrics_addr, health.clone()).await?;
+    telemetry::serve(g.metrics_addr, health.clone())
+        .await
+        .context("starting the telemetry listener (--metrics-addr, WARREN_METRICS_ADDR; port 0 picks a free one)")?;
     let cfg = a.config();
     let pool = db::lazy_pool(&g.database_url, 2)?;
     let broker = g.shared_broker("relay", &health)?;

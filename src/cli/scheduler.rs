@@ -1,6 +1,7 @@
 //! `warren scheduler`: leader-elected due-renewal scans.
 
 use super::Global;
+use anyhow::Context;
 use clap::{ArgAction, Args};
 use std::time::Duration;
 use warren_core::config::FileConfig;
@@ -95,7 +96,9 @@ impl ProviderArgs {
 
 pub async fn run(g: &Global, a: SchedulerArgs) -> anyhow::Result<()> {
     let health = telemetry::Health::new(&["database"]);
-    telemetry::serve(g.metrics_addr, health.clone()).await?;
+    telemetry::serve(g.metrics_addr, health.clone())
+        .await
+        .context("starting the telemetry listener (--metrics-addr, WARREN_METRICS_ADDR; port 0 picks a free one)")?;
     start(g, a, health, super::shutdown_on_signals()).await
 }
 

@@ -1,7 +1,7 @@
 //! `warren worker`: consume queues until SIGTERM/SIGINT.
 
 use super::Global;
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use std::time::Duration;
 use warren_core::config::{FileConfig, Secret};
@@ -186,7 +186,9 @@ impl Tuning {
 
 pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
     let health = telemetry::Health::new(&warren_workers::HEALTH_CHECKS);
-    telemetry::serve(g.metrics_addr, health.clone()).await?;
+    telemetry::serve(g.metrics_addr, health.clone())
+        .await
+        .context("starting the telemetry listener (--metrics-addr, WARREN_METRICS_ADDR; port 0 picks a free one)")?;
     start(g, a, health, super::shutdown_on_signals()).await
 }
 
