@@ -8,7 +8,9 @@
 //!
 //! The metric set is made deterministic: only names and types are kept (no labels or
 //! values), every event that creates a family is triggered and waited for before the scrape,
-//! and families that appear only after a fault are left out (see [`FAULT_ONLY`]).
+//! and families that appear only after a fault are left out (see [`FAULT_ONLY`]). Every
+//! scraped `warren_*` family must also be in `warren_core::telemetry::CATALOGUE`, with the
+//! same type, so docs/metrics.md lists it.
 
 mod common;
 
@@ -251,9 +253,18 @@ async fn metric_families_of_a_normal_run() {
             ],
         ),
     ];
+    let catalogue: BTreeSet<(&str, &str)> = warren_core::telemetry::CATALOGUE
+        .iter()
+        .map(|m| (m.name, m.kind.as_str()))
+        .collect();
     for (role, proc, want) in roles {
         let text = scrape_once_present(proc, role, want).await;
         for (name, kind) in families(&text) {
+            assert!(
+                catalogue.contains(&(name.as_str(), kind.as_str())),
+                "{role} exports {name} ({kind}), which is not in \
+                 warren_core::telemetry::CATALOGUE with that type"
+            );
             if !FAULT_ONLY.contains(&name.as_str()) {
                 snapshot.insert(format!("{role} {name} {kind}"));
             }

@@ -11,6 +11,7 @@ mod ingest;
 mod migrate;
 mod provider_sim;
 mod publish;
+mod reference;
 mod relay;
 mod scheduler;
 mod schemas;
@@ -154,6 +155,9 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// One screen: queue depths, scheduler leader, due renewals, last cron ticks.
     Status(status::StatusArgs),
+    /// Print a generated reference as Markdown (docs/configuration.md, docs/metrics.md).
+    #[command(hide = true)]
+    Reference(reference::ReferenceArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -176,6 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(a) => dlq::run(&g, a).await,
         Command::Billing(a) => billing::run(&g, a).await,
         Command::Status(a) => status::run(&g, a).await,
+        Command::Reference(a) => reference::run(a),
     }
 }
 
