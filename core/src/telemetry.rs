@@ -111,7 +111,7 @@ pub const CATALOGUE: &[MetricDef] = &[
             TASK,
             label(
                 "outcome",
-                "`succeeded`, `retried`, `dead_lettered`, `duplicate`",
+                "`succeeded`, `retried`, `dead_lettered`, `duplicate`, `snoozed`",
             ),
         ],
         help: "Deliveries finished, by outcome",
