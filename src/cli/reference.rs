@@ -48,6 +48,11 @@ pub fn config() -> String {
         name `warren-<role>@<HOSTNAME>`; default `warren`).\n\n";
     out += "## Global options\n\nAccepted by every command; each command uses those it needs.\n\n";
     table(&mut out, root.get_arguments().filter(|a| a.is_global_set()));
+    let root_globals: Vec<&str> = root
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.get_id().as_str())
+        .collect();
     let mut commands = Vec::new();
     collect(&root, "warren", &mut commands);
     out += "\n## Commands\n\n";
@@ -61,10 +66,20 @@ pub fn config() -> String {
         if let Some(about) = cmd.get_long_about().or(cmd.get_about()) {
             let _ = writeln!(out, "{}\n", paragraphs(&about.to_string()));
         }
+        // The root's global options are listed once, above; a subcommand's own global
+        // options (e.g. `warren dlq --max-scan`) are listed here and apply below it too.
         let own: Vec<&Arg> = cmd
             .get_arguments()
-            .filter(|a| !a.is_global_set() && !a.is_hide_set() && !is_builtin(a))
+            .filter(|a| !root_globals.contains(&a.get_id().as_str()))
+            .filter(|a| !a.is_hide_set() && !is_builtin(a))
             .collect();
+        if own.iter().any(|a| a.is_global_set()) {
+            let _ = writeln!(
+                out,
+                "Options of `{path}` apply to each of its subcommands too (`{path} <command> \
+                 --flag`).\n"
+            );
+        }
         if own.is_empty() {
             out += "No options of its own.\n";
         } else {
