@@ -1,6 +1,7 @@
 //! Logs, metrics and health: what every long-running role exposes.
 //!
-//! Metric names are fixed here (see the brief); labels are fixed per metric. Durations are
+//! Every metric is listed once in [`CATALOGUE`] (name, type, labels, help); labels are
+//! fixed per metric. Durations are
 //! histograms in seconds with explicit buckets. The HTTP listener serves `/metrics`,
 //! `/healthz` (the process is up) and `/readyz` (every dependency the role needs is up).
 
@@ -10,62 +11,386 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Metric names, one constant each.
+/// Metric names, one constant each. What each one means, its type and labels are in
+/// [`CATALOGUE`].
 pub mod names {
-    /// counter {queue, task, outcome = succeeded|retried|dead_lettered|duplicate}
     pub const JOBS_PROCESSED: &str = "warren_jobs_processed_total";
-    /// histogram {queue, task}: handler wall time.
     pub const JOB_DURATION: &str = "warren_job_duration_seconds";
-    /// gauge {queue}: deliveries being processed.
     pub const JOBS_IN_FLIGHT: &str = "warren_jobs_in_flight";
-    /// counter {task, outcome = confirmed|unroutable|nacked|error}
     pub const PUBLISHED: &str = "warren_published_total";
-    /// gauge: 1 while connected to RabbitMQ.
     pub const BROKER_CONNECTED: &str = "warren_broker_connected";
-    /// counter: connections re-established after a loss.
     pub const BROKER_RECONNECTS: &str = "warren_broker_reconnects_total";
-    /// histogram: rows per job-ledger group commit.
-    pub const LEDGER_BATCH_SIZE: &str = "warren_ledger_batch_size";
-    /// histogram {op = write|check}: wall time of one job-ledger statement, seconds: a group
-    /// commit including its WAL flush (`write`), or one batch of duplicate checks (`check`).
-    /// Every job waits for at least one of each, so this bounds a worker's throughput at
-    /// about prefetch ÷ (check + 2 × write) jobs/s.
-    pub const LEDGER_STATEMENT_DURATION: &str = "warren_ledger_statement_seconds";
-    /// counter: ledger writes that failed and were retried (PostgreSQL trouble).
-    pub const LEDGER_ERRORS: &str = "warren_ledger_errors_total";
-    /// gauge: 1 on the scheduler replica that holds leadership, 0 on the others.
-    pub const SCHEDULER_IS_LEADER: &str = "warren_scheduler_is_leader";
-    /// gauge {provider = pagarme|pagarme_native|appmax}: subscriptions due at the last scan.
-    pub const SCHEDULER_DUE: &str = "warren_scheduler_due";
-    /// counter {provider}: renewal jobs published (confirmed and recorded).
-    pub const SCHEDULER_PUBLISHED: &str = "warren_scheduler_published_total";
-    /// histogram {provider}: one scan of one provider, seconds.
-    pub const SCHEDULER_SCAN_DURATION: &str = "warren_scheduler_scan_duration_seconds";
-    /// gauge: this replica's clock minus the database's, seconds (the scheduler uses the latter).
-    pub const SCHEDULER_CLOCK_SKEW: &str = "warren_scheduler_clock_skew_seconds";
-    /// counter {schedule}: cron ticks published.
-    pub const CRON_RUNS: &str = "warren_cron_runs_total";
-    /// gauge {schedule}: how late the last tick was published, seconds.
-    pub const CRON_TICK_LAG: &str = "warren_cron_tick_lag_seconds";
-    /// counter {provider, operation = open|charge|lookup, outcome = paid|failed|pending|
-    /// not_found|retryable|permanent|unknown}: provider API calls.
-    pub const PROVIDER_REQUESTS: &str = "warren_provider_requests_total";
-    /// histogram {provider, operation}: provider API call wall time, seconds.
-    pub const PROVIDER_REQUEST_DURATION: &str = "warren_provider_request_duration_seconds";
-    /// counter {provider, outcome = paid|declined|unpaid|skipped|precondition_failed|
-    /// rejected|retry|unknown|unknown_outcome|duplicate_charge}: renewal handler outcomes
-    /// (`unknown`: looked again later; `unknown_outcome`: dead-lettered for an operator;
-    /// `duplicate_charge`: a period charged twice, to refund).
-    pub const RENEWALS: &str = "warren_renewals_total";
-    /// counter {provider, outcome = paid|declined|failed|left}: stale payment transactions
-    /// the `cron.fail-stale-payments` sweep reconciled with the provider.
-    pub const STALE_PAYMENTS: &str = "warren_stale_payments_total";
-    /// gauge: 1 while RabbitMQ blocks the process's connection (a memory or disk alarm:
-    /// publishes wait; ingest refuses requests), 0 otherwise.
     pub const BROKER_BLOCKED: &str = "warren_broker_blocked";
-    /// gauge: 1 while the role is ready (what `/readyz` answers), 0 otherwise; set on every
-    /// scrape, so alerts can tell a running-but-unready process from a dead one.
     pub const READY: &str = "warren_ready";
+    pub const LEDGER_BATCH_SIZE: &str = "warren_ledger_batch_size";
+    pub const LEDGER_STATEMENT_DURATION: &str = "warren_ledger_statement_seconds";
+    pub const LEDGER_ERRORS: &str = "warren_ledger_errors_total";
+    pub const SCHEDULER_IS_LEADER: &str = "warren_scheduler_is_leader";
+    pub const SCHEDULER_DUE: &str = "warren_scheduler_due";
+    pub const SCHEDULER_PUBLISHED: &str = "warren_scheduler_published_total";
+    pub const SCHEDULER_SCAN_DURATION: &str = "warren_scheduler_scan_duration_seconds";
+    pub const SCHEDULER_CLOCK_SKEW: &str = "warren_scheduler_clock_skew_seconds";
+    pub const CRON_RUNS: &str = "warren_cron_runs_total";
+    pub const CRON_TICK_LAG: &str = "warren_cron_tick_lag_seconds";
+    pub const PROVIDER_REQUESTS: &str = "warren_provider_requests_total";
+    pub const PROVIDER_REQUEST_DURATION: &str = "warren_provider_request_duration_seconds";
+    pub const RENEWALS: &str = "warren_renewals_total";
+    pub const STALE_PAYMENTS: &str = "warren_stale_payments_total";
+    /// Defined here so the catalogue holds it; `warren_producer::ingest::REQUESTS` is this.
+    pub const INGEST_REQUESTS: &str = "warren_ingest_requests_total";
+    /// `warren_producer::ingest::REQUEST_DURATION` is this.
+    pub const INGEST_REQUEST_DURATION: &str = "warren_ingest_request_duration_seconds";
+    /// `warren_producer::ingest::CONNECTIONS` is this.
+    pub const INGEST_CONNECTIONS: &str = "warren_ingest_connections";
+    /// `warren_producer::ingest::TIMEOUTS` is this.
+    pub const INGEST_TIMEOUTS: &str = "warren_ingest_timeouts_total";
+}
+
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricKind {
+    /// As Prometheus writes it in `# TYPE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+        }
+    }
+}
+
+/// One label of a metric and the values it takes (free text when open-ended).
+#[derive(Debug, Clone, Copy)]
+pub struct Label {
+    pub name: &'static str,
+    pub values: &'static str,
+}
+
+const fn label(name: &'static str, values: &'static str) -> Label {
+    Label { name, values }
+}
+
+/// One metric every Warren process may export: the single source of its name, type,
+/// labels and help. [`describe_all`] registers the help texts; `warren reference metrics`
+/// renders docs/metrics.md from the same list.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    /// `Some(Unit::Seconds)` for durations.
+    pub unit: Option<metrics::Unit>,
+    pub labels: &'static [Label],
+    /// One line, served as `# HELP`.
+    pub help: &'static str,
+    /// More for the reference (Markdown), or empty.
+    pub notes: &'static str,
+    /// Which roles export it.
+    pub roles: &'static str,
+}
+
+const QUEUE: Label = label("queue", "queue short name");
+const TASK: Label = label("task", "task name");
+const SCAN_KIND: Label = label(
+    "provider",
+    "`pagarme`, `pagarme_dunning`, `pagarme_native`, `appmax`, `appmax_dunning`",
+);
+const PROVIDER: Label = label("provider", "`pagarme`, `appmax`");
+const SCHEDULE: Label = label("schedule", "`[[cron]]` schedule name");
+const BROKER_ROLES: &str = "worker, scheduler, ingest, relay, dev";
+
+/// Every metric, in the order docs/metrics.md lists them.
+pub const CATALOGUE: &[MetricDef] = &[
+    MetricDef {
+        name: names::JOBS_PROCESSED,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[
+            QUEUE,
+            TASK,
+            label(
+                "outcome",
+                "`succeeded`, `retried`, `dead_lettered`, `duplicate`, `snoozed`",
+            ),
+        ],
+        help: "Deliveries finished, by outcome",
+        notes: "",
+        roles: "worker, dev",
+    },
+    MetricDef {
+        name: names::JOB_DURATION,
+        kind: MetricKind::Histogram,
+        unit: Some(metrics::Unit::Seconds),
+        labels: &[QUEUE, TASK],
+        help: "Handler run time",
+        notes: "Buckets 1 ms to 300 s.",
+        roles: "worker, dev",
+    },
+    MetricDef {
+        name: names::JOBS_IN_FLIGHT,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[QUEUE],
+        help: "Deliveries being processed",
+        notes: "",
+        roles: "worker, dev",
+    },
+    MetricDef {
+        name: names::PUBLISHED,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[
+            TASK,
+            label("outcome", "`confirmed`, `unroutable`, `nacked`, `error`"),
+        ],
+        help: "Publishes by broker outcome",
+        notes: "Retries and dead letters count under their job's task.",
+        roles: BROKER_ROLES,
+    },
+    MetricDef {
+        name: names::BROKER_CONNECTED,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "1 while connected to RabbitMQ",
+        notes: "",
+        roles: BROKER_ROLES,
+    },
+    MetricDef {
+        name: names::BROKER_RECONNECTS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[],
+        help: "Broker connections re-established",
+        notes: "Only after a connection loss.",
+        roles: BROKER_ROLES,
+    },
+    MetricDef {
+        name: names::BROKER_BLOCKED,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "1 while RabbitMQ blocks this process's connection (memory or disk alarm)",
+        notes: "Publishes wait (retries and dead letters too) and ingest refuses requests \
+                until the alarm clears.",
+        roles: BROKER_ROLES,
+    },
+    MetricDef {
+        name: names::READY,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "1 while every readiness check is up (/readyz)",
+        notes: "Set on every scrape, so alerts can tell a running-but-unready process from \
+                a dead one.",
+        roles: "every role serving /metrics",
+    },
+    MetricDef {
+        name: names::LEDGER_BATCH_SIZE,
+        kind: MetricKind::Histogram,
+        unit: None,
+        labels: &[],
+        help: "Rows per job-ledger group commit",
+        notes: "Finishes and running marks; buckets 1 to 500.",
+        roles: "worker, dev",
+    },
+    MetricDef {
+        name: names::LEDGER_STATEMENT_DURATION,
+        kind: MetricKind::Histogram,
+        unit: Some(metrics::Unit::Seconds),
+        labels: &[label("op", "`write`, `check`")],
+        help: "Job-ledger statement wall time: a group commit with its WAL flush, or a batch \
+               of checks",
+        notes: "Buckets 0.1 ms to 1 s. A job waits for about one check and two writes, so a \
+                worker runs at most ≈ prefetch ÷ (check + 2 × write) jobs/s per queue.",
+        roles: "worker, dev",
+    },
+    MetricDef {
+        name: names::LEDGER_ERRORS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[],
+        help: "Job-ledger writes retried after an error",
+        notes: "PostgreSQL trouble; only after an error.",
+        roles: "worker, dev",
+    },
+    MetricDef {
+        name: names::SCHEDULER_IS_LEADER,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "1 on the scheduler replica that holds leadership, 0 on the others",
+        notes: "",
+        roles: "scheduler, dev",
+    },
+    MetricDef {
+        name: names::SCHEDULER_DUE,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[SCAN_KIND],
+        help: "Subscriptions due at the last scan",
+        notes: "",
+        roles: "scheduler, dev",
+    },
+    MetricDef {
+        name: names::SCHEDULER_PUBLISHED,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[SCAN_KIND],
+        help: "Renewal jobs published (confirmed and recorded)",
+        notes: "",
+        roles: "scheduler, dev",
+    },
+    MetricDef {
+        name: names::SCHEDULER_SCAN_DURATION,
+        kind: MetricKind::Histogram,
+        unit: Some(metrics::Unit::Seconds),
+        labels: &[SCAN_KIND],
+        help: "One due scan of one kind",
+        notes: "",
+        roles: "scheduler, dev",
+    },
+    MetricDef {
+        name: names::SCHEDULER_CLOCK_SKEW,
+        kind: MetricKind::Gauge,
+        unit: Some(metrics::Unit::Seconds),
+        labels: &[],
+        help: "This replica's clock minus the database's",
+        notes: "The scheduler uses the database's clock; it warns past `--max-clock-skew`.",
+        roles: "scheduler, dev",
+    },
+    MetricDef {
+        name: names::CRON_RUNS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[SCHEDULE],
+        help: "Cron ticks published",
+        notes: "Only with `[[cron]]` schedules in the config file.",
+        roles: "scheduler, dev",
+    },
+    MetricDef {
+        name: names::CRON_TICK_LAG,
+        kind: MetricKind::Gauge,
+        unit: Some(metrics::Unit::Seconds),
+        labels: &[SCHEDULE],
+        help: "How late the last tick was published",
+        notes: "",
+        roles: "scheduler, dev",
+    },
+    MetricDef {
+        name: names::PROVIDER_REQUESTS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[
+            PROVIDER,
+            label("operation", "`open`, `charge`, `lookup`"),
+            label(
+                "outcome",
+                "`paid`, `failed`, `pending`, `not_found`, `retryable`, `permanent`, `unknown`",
+            ),
+        ],
+        help: "Payment provider API calls",
+        notes: "",
+        roles: "worker, dev (renewal and cron queues)",
+    },
+    MetricDef {
+        name: names::PROVIDER_REQUEST_DURATION,
+        kind: MetricKind::Histogram,
+        unit: Some(metrics::Unit::Seconds),
+        labels: &[PROVIDER, label("operation", "`open`, `charge`, `lookup`")],
+        help: "Payment provider API call wall time",
+        notes: "",
+        roles: "worker, dev (renewal and cron queues)",
+    },
+    MetricDef {
+        name: names::RENEWALS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[
+            PROVIDER,
+            label(
+                "outcome",
+                "`paid`, `declined`, `unpaid`, `skipped`, `precondition_failed`, `rejected`, \
+                 `retry`, `unknown`, `unknown_outcome`, `duplicate_charge`",
+            ),
+        ],
+        help: "Renewal handler outcomes",
+        notes: "`unknown`: looked up again later; `unknown_outcome`: dead-lettered for an \
+                operator; `duplicate_charge`: a period charged twice, to refund (`warren \
+                billing anomalies`).",
+        roles: "worker, dev (renewal queues)",
+    },
+    MetricDef {
+        name: names::STALE_PAYMENTS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[
+            PROVIDER,
+            label("outcome", "`paid`, `declined`, `failed`, `left`"),
+        ],
+        help: "Stale payment transactions the cron.fail-stale-payments sweep reconciled",
+        notes: "",
+        roles: "worker, dev (cron queue)",
+    },
+    MetricDef {
+        name: names::INGEST_REQUESTS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[label("status", "HTTP status code")],
+        help: "Ingest API requests answered, by status",
+        notes: "",
+        roles: "ingest",
+    },
+    MetricDef {
+        name: names::INGEST_REQUEST_DURATION,
+        kind: MetricKind::Histogram,
+        unit: Some(metrics::Unit::Seconds),
+        labels: &[label("status", "HTTP status code")],
+        help: "Ingest API request wall time",
+        notes: "Publisher confirms included.",
+        roles: "ingest",
+    },
+    MetricDef {
+        name: names::INGEST_CONNECTIONS,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "Open connections of the ingest API listener",
+        notes: "At `--max-connections` the listener stops accepting until one closes.",
+        roles: "ingest",
+    },
+    MetricDef {
+        name: names::INGEST_TIMEOUTS,
+        kind: MetricKind::Counter,
+        unit: None,
+        labels: &[label(
+            "phase",
+            "`head` (no complete request head in time on a new connection), `idle` (a kept-alive connection sent no next request in time), `body` (a request body did not arrive in time: 408)",
+        )],
+        help: "Ingest connections or requests cut off by a timeout, by phase",
+        notes: "",
+        roles: "ingest",
+    },
+];
+
+/// Registers the help text (and unit) of every metric in [`CATALOGUE`] with the installed
+/// recorder. Called once, by [`metrics_handle`].
+pub fn describe_all() {
+    for m in CATALOGUE {
+        match (m.kind, m.unit) {
+            (MetricKind::Counter, Some(u)) => metrics::describe_counter!(m.name, u, m.help),
+            (MetricKind::Counter, None) => metrics::describe_counter!(m.name, m.help),
+            (MetricKind::Gauge, Some(u)) => metrics::describe_gauge!(m.name, u, m.help),
+            (MetricKind::Gauge, None) => metrics::describe_gauge!(m.name, m.help),
+            (MetricKind::Histogram, Some(u)) => metrics::describe_histogram!(m.name, u, m.help),
+            (MetricKind::Histogram, None) => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
 }
 
 /// Log output format.
@@ -126,37 +451,10 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("the metrics recorder is installed once per process");
-            describe();
+            describe_all();
             handle
         })
         .clone()
-}
-
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(names::JOBS_PROCESSED, "Deliveries finished, by outcome");
-    describe_histogram!(names::JOB_DURATION, Unit::Seconds, "Handler run time");
-    describe_gauge!(names::JOBS_IN_FLIGHT, "Deliveries being processed");
-    describe_counter!(names::PUBLISHED, "Publishes by broker outcome");
-    describe_gauge!(names::BROKER_CONNECTED, "1 while connected to RabbitMQ");
-    describe_counter!(
-        names::BROKER_RECONNECTS,
-        "Broker connections re-established"
-    );
-    describe_histogram!(names::LEDGER_BATCH_SIZE, "Rows per job-ledger group commit");
-    describe_histogram!(
-        names::LEDGER_STATEMENT_DURATION,
-        Unit::Seconds,
-        "Job-ledger statement wall time: a group commit with its WAL flush, or a batch of checks"
-    );
-    describe_counter!(
-        names::LEDGER_ERRORS,
-        "Job-ledger writes retried after an error"
-    );
-    describe_gauge!(
-        names::READY,
-        "1 while every readiness check is up (/readyz)"
-    );
 }
 
 /// Named readiness checks; the role is ready when all are up.
@@ -250,6 +548,58 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, Json<serde_json::Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalogue_names_are_unique_and_conventional() {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in CATALOGUE {
+            assert!(seen.insert(m.name), "{} listed twice", m.name);
+            assert!(m.name.starts_with("warren_"), "{}", m.name);
+            assert!(!m.help.is_empty(), "{} has no help", m.name);
+            assert_eq!(
+                m.kind == MetricKind::Counter,
+                m.name.ends_with("_total"),
+                "{}: counters, and only counters, end in _total",
+                m.name
+            );
+            assert_eq!(
+                m.unit == Some(metrics::Unit::Seconds),
+                m.name.ends_with("_seconds"),
+                "{}: durations, and only durations, end in _seconds",
+                m.name
+            );
+        }
+        for name in [
+            names::JOBS_PROCESSED,
+            names::JOB_DURATION,
+            names::JOBS_IN_FLIGHT,
+            names::PUBLISHED,
+            names::BROKER_CONNECTED,
+            names::BROKER_RECONNECTS,
+            names::BROKER_BLOCKED,
+            names::READY,
+            names::LEDGER_BATCH_SIZE,
+            names::LEDGER_STATEMENT_DURATION,
+            names::LEDGER_ERRORS,
+            names::SCHEDULER_IS_LEADER,
+            names::SCHEDULER_DUE,
+            names::SCHEDULER_PUBLISHED,
+            names::SCHEDULER_SCAN_DURATION,
+            names::SCHEDULER_CLOCK_SKEW,
+            names::CRON_RUNS,
+            names::CRON_TICK_LAG,
+            names::PROVIDER_REQUESTS,
+            names::PROVIDER_REQUEST_DURATION,
+            names::RENEWALS,
+            names::STALE_PAYMENTS,
+            names::INGEST_REQUESTS,
+            names::INGEST_REQUEST_DURATION,
+            names::INGEST_CONNECTIONS,
+            names::INGEST_TIMEOUTS,
+        ] {
+            assert!(seen.contains(name), "{name} is not in CATALOGUE");
+        }
+    }
 
     #[test]
     fn ready_only_when_every_check_is_up() {

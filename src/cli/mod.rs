@@ -11,6 +11,7 @@ mod ingest;
 mod migrate;
 mod provider_sim;
 mod publish;
+mod reference;
 mod relay;
 mod scheduler;
 mod schemas;
@@ -47,8 +48,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Settings every command shares.
+/// Settings every command shares. `--help` lists them after the command's own options,
+/// under their own heading, so what a command itself takes comes first.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Settings every command shares")]
 pub struct Global {
     /// RabbitMQ URL (the password is never printed).
     #[arg(long, env = "AMQP_URL", default_value = config::DEFAULT_AMQP_URL, global = true,
@@ -168,6 +171,9 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// One screen: queue depths, scheduler leader, due renewals, last cron ticks.
     Status(status::StatusArgs),
+    /// Print a generated reference as Markdown (docs/configuration.md, docs/metrics.md).
+    #[command(hide = true)]
+    Reference(reference::ReferenceArgs),
 }
 
 /// Runs the command; its exit status is 0 unless it says otherwise (`migrate --check`).
@@ -191,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Dlq(a) => dlq::run(&g, a).await,
         Command::Billing(a) => billing::run(&g, a).await,
         Command::Status(a) => status::run(&g, a).await,
+        Command::Reference(a) => reference::run(a),
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -31,6 +31,11 @@
 //! registry.register(SendEmail).expect("registered once");
 //! ```
 
+/// The README's "Write a task" example, compiled by `cargo test --doc` so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
+
 mod acks;
 pub mod demo;
 pub mod error;

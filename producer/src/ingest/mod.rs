@@ -45,9 +45,9 @@ use warren_core::telemetry::Health;
 use warren_core::topology::Topology;
 
 /// counter {status}: ingest API requests answered, by HTTP status code.
-pub const REQUESTS: &str = "warren_ingest_requests_total";
+pub const REQUESTS: &str = warren_core::telemetry::names::INGEST_REQUESTS;
 /// histogram {status}: ingest API request wall time, seconds (publish confirms included).
-pub const REQUEST_DURATION: &str = "warren_ingest_request_duration_seconds";
+pub const REQUEST_DURATION: &str = warren_core::telemetry::names::INGEST_REQUEST_DURATION;
 
 /// The OpenAPI 3.1 description served at `GET /openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -106,12 +106,7 @@ pub async fn serve(
     cfg: IngestConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    metrics::describe_counter!(REQUESTS, "Ingest API requests answered, by status");
-    metrics::describe_histogram!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Ingest API request wall time"
-    );
+    // Help texts: `warren_core::telemetry::CATALOGUE`, registered with the recorder.
     let broker = Arc::new(
         SharedBroker::new(
             cfg.amqp_url.clone(),

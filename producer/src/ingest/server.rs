@@ -33,12 +33,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// gauge: open connections of the ingest API listener.
-pub const CONNECTIONS: &str = "warren_ingest_connections";
-/// counter {phase}: connections or requests cut off by a timeout: `head` (no complete
-/// request head in time on a new connection), `idle` (a kept-alive connection sent no next
-/// request in time), `body` (a request body did not arrive in time: 408).
-pub const TIMEOUTS: &str = "warren_ingest_timeouts_total";
+/// gauge: open connections of the ingest API listener (help text in the catalogue).
+pub const CONNECTIONS: &str = warren_core::telemetry::names::INGEST_CONNECTIONS;
+/// counter {phase}: connections or requests cut off by a timeout (help text in the catalogue).
+pub const TIMEOUTS: &str = warren_core::telemetry::names::INGEST_TIMEOUTS;
 
 /// How long the listener waits after an accept error that is not about one connection
 /// (out of file descriptors, say) before it tries again.
@@ -66,11 +64,6 @@ pub(super) async fn run(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    metrics::describe_gauge!(CONNECTIONS, "Open connections of the ingest API listener");
-    metrics::describe_counter!(
-        TIMEOUTS,
-        "Ingest connections or requests cut off by a timeout, by phase (head, idle, body)"
-    );
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
