@@ -19,6 +19,7 @@ use crate::{Producer, PublishError, PublishOptions};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use std::time::{Duration, Instant};
+use warren_core::backoff::Backoff;
 
 /// How long and how patiently a publish is retried.
 #[derive(Debug, Clone)]
@@ -163,7 +164,7 @@ impl SharedBroker {
         let mut sent = vec![false; total];
         let mut resent = vec![false; total];
         let mut retries = 0;
-        let mut backoff = policy.backoff;
+        let mut backoff = Backoff::doubling(policy.backoff, policy.max_backoff);
         loop {
             let confirmed_before = done.iter().filter(|d| **d).count();
             let last = match self.link().await {
@@ -219,7 +220,7 @@ impl SharedBroker {
                 // A new loss: this round confirmed jobs before it failed (or nothing failed
                 // before), so the link was healthy until now.
                 lost_at = Some(Instant::now());
-                backoff = policy.backoff;
+                backoff.reset();
             }
             let elapsed = lost_at.map(|t| t.elapsed()).unwrap_or_default();
             if elapsed >= policy.deadline {
@@ -233,15 +234,15 @@ impl SharedBroker {
                     last,
                 });
             }
+            let wait = backoff.next_wait();
             tracing::warn!(
                 task,
                 unconfirmed = done.iter().filter(|d| !**d).count(),
                 error = %last,
-                retry_in = ?backoff,
+                retry_in = ?wait,
                 "publish interrupted; republishing the unconfirmed jobs with the same ids"
             );
-            tokio::time::sleep(backoff.min(policy.deadline - elapsed)).await;
-            backoff = (backoff * 2).min(policy.max_backoff);
+            tokio::time::sleep(wait.min(policy.deadline - elapsed)).await;
         }
     }
 }
