@@ -52,7 +52,7 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use uuid::Uuid;
-use warren_core::billing::{renewal_key, DunningSchedule, Interval};
+use warren_core::billing::{renewal_key, DunningSchedule, Interval, IntervalError};
 use warren_core::config::BillingPolicy;
 use warren_core::task::{RenewalPayload, RENEWAL_APPMAX, RENEWAL_PAGARME};
 use warren_core::telemetry::names;
@@ -70,6 +70,45 @@ static INSTANCE: LazyLock<String> = LazyLock::new(|| {
     format!("{}-{}", std::process::id(), &r[..8])
 });
 
+/// Why a subscription cannot be charged as it stands: recorded as
+/// `renewal.precondition_failed` and never retried (an operator fixes the data).
+#[derive(Debug, thiserror::Error)]
+pub enum Precondition {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error(
+        "card: vault_payment_method_id names no {provider} card and metadata.{field} is missing"
+    )]
+    NoCard {
+        provider: &'static str,
+        field: &'static str,
+    },
+    #[error("merchant_integrations: merchant {0} has no enabled APPMAX integration")]
+    NoIntegration(Uuid),
+    #[error("merchant_integrations.credentials.access_token is missing for merchant {0}")]
+    NoAccessToken(Uuid),
+    #[error(transparent)]
+    Interval(#[from] IntervalError),
+}
+
+/// Why [`Provider::prepare`] gave nothing to charge with.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The database did not answer: the attempt runs again.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The subscription's data rules the charge out: permanent.
+    #[error(transparent)]
+    Precondition(#[from] Precondition),
+}
+
+impl PrepareError {
+    /// Whether running the attempt again can succeed without anyone changing the data.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Db(_))
+    }
+}
+
 /// What differs between the providers. The methods make one raw request each; the handler
 /// wraps them in its [`Api`] (rate limit, metrics) and records intent around them.
 pub trait Provider: Send + Sync + 'static {
@@ -84,12 +123,12 @@ pub trait Provider: Send + Sync + 'static {
     /// What a charge needs, checked before any call.
     type Prepared: Send + Sync;
 
-    /// Checks the preconditions; `Err` names the missing or invalid field.
+    /// Checks the preconditions; a [`Precondition`] names the missing or invalid field.
     fn prepare(
         &self,
         sub: &Subscription,
         db: &PgPool,
-    ) -> impl Future<Output = Result<Result<Self::Prepared, String>, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Self::Prepared, PrepareError>> + Send;
 
     /// How long the provider answers a repeated charge request for one key with the first
     /// one (Pagar.me's `Idempotency-Key`). `None`: a repeat may charge again (Appmax).
@@ -270,9 +309,12 @@ async fn renew<P: Provider>(
         Ok(i) => i,
         Err(reason) => return precondition_failed::<P>(db, &ev, reason).await,
     };
-    let prepared = match h.provider.prepare(&sub, db).await.map_err(db_err)? {
+    let prepared = match h.provider.prepare(&sub, db).await {
         Ok(prep) => prep,
-        Err(reason) => return precondition_failed::<P>(db, &ev, reason).await,
+        Err(PrepareError::Precondition(reason)) => {
+            return precondition_failed::<P>(db, &ev, reason).await
+        }
+        Err(PrepareError::Db(e)) => return Err(db_err(e)),
     };
 
     // The limiter first, so the lease is never spent waiting in it.
@@ -691,8 +733,9 @@ fn count(provider: &'static str, outcome: &'static str) {
 async fn precondition_failed<P: Provider>(
     db: &PgPool,
     ev: &Event<'_>,
-    reason: String,
+    reason: Precondition,
 ) -> Result<(), TaskError> {
+    let reason = reason.to_string();
     record::flag(db, ev, "renewal.precondition_failed", &reason, json!({}))
         .await
         .map_err(db_err)?;
@@ -770,7 +813,7 @@ fn skip_reason(sub: &Subscription, p: &RenewalPayload) -> Option<&'static str> {
 }
 
 /// The billing interval; without metadata, one month when not required.
-fn interval(sub: &Subscription, required: bool) -> Result<Interval, String> {
+fn interval(sub: &Subscription, required: bool) -> Result<Interval, Precondition> {
     let unit = sub.metadata.get("intervalUnit");
     let count = sub.metadata.get("intervalCount");
     match (unit, count) {
@@ -778,9 +821,9 @@ fn interval(sub: &Subscription, required: bool) -> Result<Interval, String> {
             unit: warren_core::billing::IntervalUnit::Month,
             count: 1,
         }),
-        (None, _) => Err("metadata.intervalUnit is missing".into()),
-        (_, None) => Err("metadata.intervalCount is missing".into()),
-        (Some(u), Some(c)) => Interval::from_metadata(u, c).map_err(|e| e.to_string()),
+        (None, _) => Err(Precondition::Missing("metadata.intervalUnit")),
+        (_, None) => Err(Precondition::Missing("metadata.intervalCount")),
+        (Some(u), Some(c)) => Ok(Interval::from_metadata(u, c)?),
     }
 }
 
@@ -850,14 +893,14 @@ mod tests {
     fn interval_is_required_where_the_provider_needs_it() {
         let s = sub("ACTIVE", "2026-11-01T00:00:00Z", 0);
         assert_eq!(
-            interval(&s, true).unwrap_err(),
+            interval(&s, true).unwrap_err().to_string(),
             "metadata.intervalCount is missing"
         );
         let mut bare = s.clone();
         bare.metadata = json!({});
         assert_eq!(interval(&bare, false).unwrap().count, 1);
         assert_eq!(
-            interval(&bare, true).unwrap_err(),
+            interval(&bare, true).unwrap_err().to_string(),
             "metadata.intervalUnit is missing"
         );
     }

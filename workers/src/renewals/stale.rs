@@ -10,7 +10,9 @@
 //!
 //! It never charges: it only asks.
 
-use super::{db_err, interval, load, record, Appmax, Attempt, Pagarme, Provider, Renewal};
+use super::{
+    db_err, interval, load, record, Appmax, Attempt, Pagarme, PrepareError, Provider, Renewal,
+};
 use crate::maintenance::age;
 use crate::providers::Charge;
 use crate::{JobContext, ResultExt, Task, TaskError};
@@ -149,10 +151,11 @@ async fn reconcile<P: Provider>(
     let Some(sub) = load(db, sub_id).await.map_err(db_err)? else {
         return Ok(Reconciled::Left);
     };
-    let (Ok(interval), Ok(prepared)) = (
-        interval(&sub, P::INTERVAL_REQUIRED),
-        h.provider.prepare(&sub, db).await.map_err(db_err)?,
-    ) else {
+    let prepared = match h.provider.prepare(&sub, db).await {
+        Err(PrepareError::Db(e)) => return Err(db_err(e)),
+        prepared => prepared,
+    };
+    let (Ok(interval), Ok(prepared)) = (interval(&sub, P::INTERVAL_REQUIRED), prepared) else {
         tracing::warn!(
             key,
             "stale payment left: the subscription no longer meets the preconditions"
