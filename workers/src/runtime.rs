@@ -63,8 +63,10 @@ pub enum WorkerError {
     ConsumerCancelled { queue: String },
     #[error("the connection reported an error: {0}")]
     Connection(String),
-    #[error("{0}")]
-    Config(String),
+    #[error("no queue to consume: `queues` is empty")]
+    NoQueues,
+    #[error("`prefetch` is 0: at least one unacked delivery per queue is needed")]
+    NoPrefetch,
 }
 
 impl WorkerError {
@@ -74,7 +76,7 @@ impl WorkerError {
             Self::Topology(t) => t.is_retryable(),
             Self::Broker(_) | Self::Publish(_) | Self::ConsumerCancelled { .. } => true,
             Self::Connection(_) => true,
-            Self::Config(_) => false,
+            Self::NoQueues | Self::NoPrefetch => false,
         }
     }
 }
@@ -112,10 +114,10 @@ impl Worker {
         health: Health,
     ) -> Result<Self, WorkerError> {
         if cfg.queues.is_empty() {
-            return Err(WorkerError::Config("give at least one --queue".into()));
+            return Err(WorkerError::NoQueues);
         }
         if cfg.prefetch == 0 {
-            return Err(WorkerError::Config("--prefetch must be at least 1".into()));
+            return Err(WorkerError::NoPrefetch);
         }
         let mut queues = Vec::new();
         for name in &cfg.queues {
