@@ -21,7 +21,7 @@ pub mod dlq;
 pub mod ingest;
 pub mod reliable;
 
-pub use reliable::{BatchError, BatchReport, RetryPolicy};
+pub use reliable::{BatchError, BatchReport, RepublishPolicy};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};

@@ -23,7 +23,7 @@ use warren_core::backoff::Backoff;
 
 /// How long and how patiently a publish is retried.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub struct RepublishPolicy {
     /// Give up when jobs are still unconfirmed this long after the connection was lost:
     /// counted from the first failure after the last confirm, so a long batch that loses its
     /// connection late gets the whole deadline to reconnect.
@@ -37,7 +37,7 @@ pub struct RetryPolicy {
     pub confirm_timeout: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for RepublishPolicy {
     fn default() -> Self {
         Self {
             deadline: Duration::from_secs(60),
@@ -110,7 +110,7 @@ impl SharedBroker {
         task: &str,
         payload: &T,
         opts: &PublishOptions,
-        policy: &RetryPolicy,
+        policy: &RepublishPolicy,
     ) -> Result<String, BatchError> {
         let body = serde_json::to_vec(payload).map_err(|e| BatchError::Permanent {
             source: e.into(),
@@ -131,7 +131,7 @@ impl SharedBroker {
         task: &str,
         jobs: impl IntoIterator<Item = (Vec<u8>, PublishOptions)>,
         window: usize,
-        policy: &RetryPolicy,
+        policy: &RepublishPolicy,
         mut confirmed: impl FnMut(&str),
     ) -> Result<BatchReport, BatchError> {
         // When the current loss began: the first failed round after the last confirm.

@@ -9,7 +9,7 @@
 //! order is ambiguous (never charged, or charged and settling): only the recorded intent
 //! tells them apart, so a charge request is never repeated.
 
-use super::{Precondition, PrepareError, Provider, Subscription};
+use super::{Precondition, PrepareError, RenewalProvider, Subscription};
 use crate::providers::{AppmaxClient, Charge, ProviderError, Secret};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub struct Merchant {
     card_token: String,
 }
 
-impl Provider for Appmax {
+impl RenewalProvider for Appmax {
     const LABEL: &'static str = "appmax";
     const DB: &'static str = "APPMAX";
     const INTERVAL_REQUIRED: bool = false;

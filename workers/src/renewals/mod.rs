@@ -91,7 +91,7 @@ pub enum Precondition {
     Interval(#[from] IntervalError),
 }
 
-/// Why [`Provider::prepare`] gave nothing to charge with.
+/// Why [`RenewalProvider::prepare`] gave nothing to charge with.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     /// The database did not answer: the attempt runs again.
@@ -111,14 +111,14 @@ impl PrepareError {
 
 /// What differs between the providers. The methods make one raw request each; the handler
 /// wraps them in its [`Api`] (rate limit, metrics) and records intent around them.
-pub trait Provider: Send + Sync + 'static {
+pub trait RenewalProvider: Send + Sync + 'static {
     /// `pagarme` / `appmax`: metric label.
     const LABEL: &'static str;
     /// `PAGARME` / `APPMAX`: the database enum.
     const DB: &'static str;
     /// Whether `metadata.intervalUnit`/`intervalCount` must be present (else one month).
     const INTERVAL_REQUIRED: bool;
-    /// Whether a charge needs an order opened first ([`Provider::open`]).
+    /// Whether a charge needs an order opened first ([`RenewalProvider::open`]).
     const OPENS_ORDER: bool;
     /// What a charge needs, checked before any call.
     type Prepared: Send + Sync;
@@ -136,7 +136,7 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Opens what the charge request charges, charging nothing (Appmax: the order for the
     /// key, or the one that exists). `Pending` carries the order to charge; a decided
-    /// order answers its decision. Called only when [`Provider::OPENS_ORDER`].
+    /// order answers its decision. Called only when [`RenewalProvider::OPENS_ORDER`].
     fn open(
         &self,
         _p: &Self::Prepared,
@@ -177,7 +177,7 @@ pub struct Renewal<P> {
     request_timeout: Duration,
 }
 
-impl<P: Provider> Renewal<P> {
+impl<P: RenewalProvider> Renewal<P> {
     /// `rate_limit`: most provider requests per second from this process; `request_timeout`
     /// is the provider client's.
     pub fn new(
@@ -266,7 +266,7 @@ fn db_err(e: sqlx::Error) -> TaskError {
 }
 
 /// One attempt; see the module docs.
-async fn renew<P: Provider>(
+async fn renew<P: RenewalProvider>(
     h: &Renewal<P>,
     p: RenewalPayload,
     ctx: &JobContext,
@@ -369,7 +369,7 @@ async fn renew<P: Provider>(
 }
 
 /// One attempt that holds its key's lease.
-struct Attempt<'a, P: Provider> {
+struct Attempt<'a, P: RenewalProvider> {
     h: &'a Renewal<P>,
     db: &'a PgPool,
     ev: &'a Event<'a>,
@@ -382,7 +382,7 @@ struct Attempt<'a, P: Provider> {
     permit: Option<Permit>,
 }
 
-impl<P: Provider> Attempt<'_, P> {
+impl<P: RenewalProvider> Attempt<'_, P> {
     async fn run(&mut self, row: Row) -> Result<(), TaskError> {
         match row.status.as_str() {
             // The finish did not land (or this is a late copy): finish again, idempotent.
@@ -730,7 +730,7 @@ fn count(provider: &'static str, outcome: &'static str) {
 }
 
 /// Step 2 failed: flag the subscription, record the event, dead-letter as permanent.
-async fn precondition_failed<P: Provider>(
+async fn precondition_failed<P: RenewalProvider>(
     db: &PgPool,
     ev: &Event<'_>,
     reason: Precondition,

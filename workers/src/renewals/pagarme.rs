@@ -6,7 +6,7 @@
 //! and the `Idempotency-Key`; reconciliation looks the orders up by code. Inside Pagar.me's
 //! idempotency window a repeated request answers the first order, so it may be repeated.
 
-use super::{Precondition, PrepareError, Provider, Subscription};
+use super::{Precondition, PrepareError, RenewalProvider, Subscription};
 use crate::providers::{Charge, PagarmeClient, ProviderError, RenewalCharge};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub struct Card {
     card_id: String,
 }
 
-impl Provider for Pagarme {
+impl RenewalProvider for Pagarme {
     const LABEL: &'static str = "pagarme";
     const DB: &'static str = "PAGARME";
     const INTERVAL_REQUIRED: bool = true;

@@ -11,7 +11,8 @@
 //! It never charges: it only asks.
 
 use super::{
-    db_err, interval, load, record, Appmax, Attempt, Pagarme, PrepareError, Provider, Renewal,
+    db_err, interval, load, record, Appmax, Attempt, Pagarme, PrepareError, Renewal,
+    RenewalProvider,
 };
 use crate::maintenance::age;
 use crate::providers::Charge;
@@ -128,7 +129,7 @@ impl Task for FailStalePayments {
 }
 
 /// Reconciles one row with provider `P`, when this worker has its client.
-async fn reconcile<P: Provider>(
+async fn reconcile<P: RenewalProvider>(
     h: Option<&Renewal<P>>,
     row: &Stale,
     max_age: &str,
