@@ -13,6 +13,7 @@ use super::{Precondition, PrepareError, RenewalProvider, Subscription};
 use crate::providers::{AppmaxClient, Charge, ProviderError, Secret};
 use sqlx::PgPool;
 use std::time::Duration;
+use warren_core::task::RENEWAL_APPMAX;
 
 /// The Appmax side of [`super::Renewal`].
 pub struct Appmax {
@@ -33,6 +34,7 @@ pub struct Merchant {
 }
 
 impl RenewalProvider for Appmax {
+    const TASK: &'static str = RENEWAL_APPMAX;
     const LABEL: &'static str = "appmax";
     const DB: &'static str = "APPMAX";
     const INTERVAL_REQUIRED: bool = false;

@@ -54,7 +54,7 @@ use std::time::Duration;
 use uuid::Uuid;
 use warren_core::billing::{renewal_key, DunningSchedule, Interval, IntervalError};
 use warren_core::config::BillingPolicy;
-use warren_core::task::{RenewalPayload, RENEWAL_APPMAX, RENEWAL_PAGARME};
+use warren_core::task::RenewalPayload;
 use warren_core::telemetry::names;
 
 /// A `Retry-After` up to this long is waited out inside the attempt; longer ones go back
@@ -112,6 +112,8 @@ impl PrepareError {
 /// What differs between the providers. The methods make one raw request each; the handler
 /// wraps them in its [`Api`] (rate limit, metrics) and records intent around them.
 pub trait RenewalProvider: Send + Sync + 'static {
+    /// The task whose jobs renew through this provider (`renewal.pagarme`).
+    const TASK: &'static str;
     /// `pagarme` / `appmax`: metric label.
     const LABEL: &'static str;
     /// `PAGARME` / `APPMAX`: the database enum.
@@ -206,19 +208,8 @@ impl<P: RenewalProvider> Renewal<P> {
     }
 }
 
-impl Task for Renewal<Pagarme> {
-    const NAME: &'static str = RENEWAL_PAGARME;
-    type Payload = RenewalPayload;
-    async fn run(&self, p: RenewalPayload, ctx: &JobContext) -> Result<(), TaskError> {
-        renew(self, p, ctx).await
-    }
-    fn timeout(&self) -> Duration {
-        self.attempt_timeout()
-    }
-}
-
-impl Task for Renewal<Appmax> {
-    const NAME: &'static str = RENEWAL_APPMAX;
+impl<P: RenewalProvider> Task for Renewal<P> {
+    const NAME: &'static str = P::TASK;
     type Payload = RenewalPayload;
     async fn run(&self, p: RenewalPayload, ctx: &JobContext) -> Result<(), TaskError> {
         renew(self, p, ctx).await

@@ -10,6 +10,7 @@ use super::{Precondition, PrepareError, RenewalProvider, Subscription};
 use crate::providers::{Charge, PagarmeClient, ProviderError, RenewalCharge};
 use sqlx::PgPool;
 use std::time::Duration;
+use warren_core::task::RENEWAL_PAGARME;
 
 /// The Pagar.me side of [`super::Renewal`].
 pub struct Pagarme {
@@ -35,6 +36,7 @@ pub struct Card {
 }
 
 impl RenewalProvider for Pagarme {
+    const TASK: &'static str = RENEWAL_PAGARME;
     const LABEL: &'static str = "pagarme";
     const DB: &'static str = "PAGARME";
     const INTERVAL_REQUIRED: bool = true;
