@@ -194,7 +194,7 @@ impl FromStr for Mix {
             };
             let name = name.strip_prefix('_').unwrap_or(name);
             // The simulator's own parser: its error names the outcomes and modifiers.
-            let script = name.parse::<Script>()?;
+            let script = name.parse::<Script>().map_err(|e| e.to_string())?;
             if seen.contains(&script) {
                 return Err(format!(
                     "{name:?} is given twice; use a weight instead (e.g. {script}=2)"
