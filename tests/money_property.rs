@@ -303,7 +303,7 @@ fn step(trace: &Shared, what: String) {
 }
 
 /// How a schedule ended, for its summary line.
-struct Outcome {
+struct ScheduleSummary {
     ends: BTreeMap<End, usize>,
     /// Keys left unknown by a fault with nothing charged (`provider:script`).
     fault_unknown: Vec<String>,
@@ -420,7 +420,7 @@ async fn terminate_backends(pool: &sqlx::PgPool) -> usize {
     killed.into_iter().filter(|k| *k).count()
 }
 
-async fn run_schedule(plan: Schedule, trace: Shared) -> Outcome {
+async fn run_schedule(plan: Schedule, trace: Shared) -> ScheduleSummary {
     let env = TestEnv::new(&plan.config()).await;
     trace.lock().unwrap().ns = env.ns.clone();
     let sim = simulator(&env, plan.latency_ms).await;
@@ -599,7 +599,7 @@ async fn run_schedule(plan: Schedule, trace: Shared) -> Outcome {
     let ns = env.ns.clone();
     env.cleanup().await;
     remove_logs(&ns);
-    Outcome {
+    ScheduleSummary {
         ends,
         fault_unknown,
         replayed: replayed_what,

@@ -16,7 +16,7 @@ use warren_core::config::FileConfig;
 use warren_core::telemetry::Health;
 use warren_core::topology::Topology;
 use warren_producer::broker::SharedBroker;
-use warren_producer::{PublishOptions, RetryPolicy};
+use warren_producer::{PublishOptions, RepublishPolicy};
 
 const T: Duration = Duration::from_secs(180);
 
@@ -108,7 +108,7 @@ async fn batch_survives_a_closed_connection_without_resending_confirmed_jobs() {
                 (body, PublishOptions::default())
             });
             broker
-                .publish_many("demo.noop", jobs, 256, &RetryPolicy::default(), |id| {
+                .publish_many("demo.noop", jobs, 256, &RepublishPolicy::default(), |id| {
                     let mut c = confirmed.lock().unwrap();
                     c.push(id.to_owned());
                     if c.len() == CUT_AFTER {
@@ -306,9 +306,9 @@ async fn the_retry_deadline_counts_from_the_loss() {
                 let body = serde_json::to_vec(&serde_json::json!({ "n": i })).unwrap();
                 (body, PublishOptions::default())
             });
-            let policy = RetryPolicy {
+            let policy = RepublishPolicy {
                 deadline: DEADLINE,
-                ..RetryPolicy::default()
+                ..RepublishPolicy::default()
             };
             broker
                 .publish_many("demo.noop", jobs, 256, &policy, |_| {

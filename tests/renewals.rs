@@ -159,7 +159,7 @@ lease = "3s"
     eventually(T * 2, "every renewal job settled", settled).await;
     let charges = sim.charges().await;
     let mut lost_in_flight = 0;
-    for o in &outcomes(&env).await {
+    for o in &subscription_ends(&env).await {
         if in_card_state(o) {
             continue;
         }

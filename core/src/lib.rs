@@ -1,5 +1,6 @@
 //! The Warren contract: what every role and every publisher agrees on.
 //!
+//! - [`backoff`]: the doubling wait of every reconnect loop.
 //! - [`task`]: task names (= routing keys) and the built-in payload types.
 //! - [`billing`]: billing intervals and period arithmetic.
 //! - [`envelope`]: AMQP properties and headers a job carries, and dead-letter reasons.
@@ -13,6 +14,7 @@
 //! - [`migrations`]: the embedded migrations, what a database has applied, reverting.
 //! - [`telemetry`]: logging, Prometheus metrics and the health endpoints.
 
+pub mod backoff;
 pub mod billing;
 pub mod broker;
 pub mod config;

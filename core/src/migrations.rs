@@ -53,7 +53,7 @@ pub enum MigrationError {
     )]
     Diverged(Vec<Step>),
     /// `--down` to a version this build does not have.
-    #[error("this release has no migration {0}: give 0 (before the first migration) or a version that `warren migrate --check` lists as applied")]
+    #[error("this release has no migration {0}: the target must be 0 (before the first migration) or the version of an applied migration")]
     NoSuchVersion(i64),
     /// A known migration without a down script (a build error the unit tests catch).
     #[error("migration {0} has no down script")]

@@ -18,8 +18,9 @@ use lapin::{BasicProperties, Connection};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use warren_core::broker::is_connection_error;
 use warren_core::telemetry::{names, Health};
-use warren_core::topology::Topology;
+use warren_core::topology::{Topology, TopologyError};
 
 /// How long one connect attempt may take before the broker counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +34,34 @@ const FLOW_PROBE_KEY: &str = "amq.warren.flow-probe";
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("RabbitMQ is unavailable: {0}")]
 pub struct Unavailable(pub String);
+
+/// Why opening a link failed, classified where it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Connect(#[source] lapin::Error),
+    #[error("opening a channel: {0}")]
+    Channel(#[source] lapin::Error),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Producer(#[from] PublishError),
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+}
+
+impl OpenError {
+    /// Whether another attempt can succeed without an operator changing something (the
+    /// broker is down or busy, not refusing this topology or these credentials).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(e) | Self::Channel(e) => is_connection_error(e),
+            Self::Topology(e) => e.is_retryable(),
+            Self::Producer(e) => e.is_retryable(),
+            Self::Timeout(_) => true,
+        }
+    }
+}
 
 /// A confirmed producer on the current connection, and which connection that is.
 #[derive(Clone)]
@@ -152,9 +181,7 @@ impl SharedBroker {
                 Ok(link)
             }
             Ok(Err(e)) => Err(self.failed(&mut st, e)),
-            Err(_) => {
-                Err(self.failed(&mut st, format!("no connection within {CONNECT_TIMEOUT:?}")))
-            }
+            Err(_) => Err(self.failed(&mut st, OpenError::Timeout(CONNECT_TIMEOUT))),
         }
     }
 
@@ -221,27 +248,24 @@ impl SharedBroker {
         self.mark(false);
     }
 
-    async fn open(&self) -> Result<(Connection, Producer), String> {
+    async fn open(&self) -> Result<(Connection, Producer), OpenError> {
         let conn = warren_core::broker::connect(&self.url, self.role)
             .await
-            .map_err(|e| e.to_string())?;
-        let setup = conn.create_channel().await.map_err(|e| e.to_string())?;
-        self.topology
-            .declare(&setup)
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(OpenError::Connect)?;
+        let setup = conn.create_channel().await.map_err(OpenError::Channel)?;
+        self.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;
         let producer = Producer::new(&conn, self.topology.jobs_exchange())
-            .await
-            .map_err(|e: PublishError| e.to_string())?
+            .await?
             .with_topology(&self.topology);
         Ok((conn, producer))
     }
 
-    fn failed(&self, st: &mut State, why: impl Into<String>) -> Unavailable {
-        let why = why.into();
+    fn failed(&self, st: &mut State, e: OpenError) -> Unavailable {
+        let why = e.to_string();
         if st.last_failure.is_none() {
-            tracing::warn!(error = %why, role = self.role, "cannot reach RabbitMQ; publishes wait until it is back");
+            tracing::warn!(error = %why, retryable = e.is_retryable(), role = self.role,
+                "cannot reach RabbitMQ; publishes wait until it is back");
         }
         st.last_failure = Some((Instant::now(), why.clone()));
         self.mark(false);

@@ -36,6 +36,42 @@ pub enum DepthError {
     Broker(#[from] lapin::Error),
 }
 
+/// Why the management API gave no unacked counts, classified where it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    #[error("not reachable at {url} ({source})")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("unexpected answer from {url}: {source}")]
+    Answer {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ManagementError {
+    /// Whether asking again can succeed: the API is down or busy, not refusing the
+    /// credentials or answering something other than the management API.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Status { status, .. } => {
+                status.is_server_error() || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Answer { .. } => false,
+        }
+    }
+}
+
 /// The management HTTP API (the `rabbitmq_management` plugin).
 pub struct Management {
     base: String,
@@ -87,7 +123,7 @@ impl Management {
     }
 
     /// Unacked messages per broker queue name of the vhost.
-    pub async fn unacked(&self) -> Result<HashMap<String, u64>, String> {
+    pub async fn unacked(&self) -> Result<HashMap<String, u64>, ManagementError> {
         let vhost: String = self
             .vhost
             .bytes()
@@ -109,14 +145,23 @@ impl Management {
             .basic_auth(&self.user, Some(&self.password))
             .send()
             .await
-            .map_err(|e| format!("not reachable at {} ({e})", self.base))?;
+            .map_err(|source| ManagementError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         if !resp.status().is_success() {
-            return Err(format!("{} answered {}", self.base, resp.status()));
+            return Err(ManagementError::Status {
+                url: self.base.clone(),
+                status: resp.status(),
+            });
         }
-        let queues: Vec<ApiQueue> = resp
-            .json()
-            .await
-            .map_err(|e| format!("unexpected answer from {}: {e}", self.base))?;
+        let queues: Vec<ApiQueue> =
+            resp.json()
+                .await
+                .map_err(|source| ManagementError::Answer {
+                    url: self.base.clone(),
+                    source,
+                })?;
         Ok(queues
             .into_iter()
             .map(|q| (q.name, q.messages_unacknowledged))

@@ -21,7 +21,7 @@ pub mod dlq;
 pub mod ingest;
 pub mod reliable;
 
-pub use reliable::{BatchError, BatchReport, RetryPolicy};
+pub use reliable::{BatchError, BatchReport, RepublishPolicy};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -49,7 +49,7 @@ pub enum PublishError {
     Encode(#[from] serde_json::Error),
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
-    #[error("a delay of {delay:?} is longer than the longest delay tier ({longest:?}); hold it in the outbox instead (warren_outbox.run_at, or `warren publish --delay` which does so)")]
+    #[error("a delay of {delay:?} is longer than the longest delay tier ({longest:?}); hold it in the outbox instead (warren_outbox.run_at)")]
     DelayTooLong { delay: Duration, longest: Duration },
     #[error("delayed publishes need the topology's delay tiers (Producer::with_topology)")]
     NoTiers,

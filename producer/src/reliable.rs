@@ -19,10 +19,11 @@ use crate::{Producer, PublishError, PublishOptions};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use std::time::{Duration, Instant};
+use warren_core::backoff::Backoff;
 
 /// How long and how patiently a publish is retried.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub struct RepublishPolicy {
     /// Give up when jobs are still unconfirmed this long after the connection was lost:
     /// counted from the first failure after the last confirm, so a long batch that loses its
     /// connection late gets the whole deadline to reconnect.
@@ -36,7 +37,7 @@ pub struct RetryPolicy {
     pub confirm_timeout: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for RepublishPolicy {
     fn default() -> Self {
         Self {
             deadline: Duration::from_secs(60),
@@ -109,7 +110,7 @@ impl SharedBroker {
         task: &str,
         payload: &T,
         opts: &PublishOptions,
-        policy: &RetryPolicy,
+        policy: &RepublishPolicy,
     ) -> Result<String, BatchError> {
         let body = serde_json::to_vec(payload).map_err(|e| BatchError::Permanent {
             source: e.into(),
@@ -130,7 +131,7 @@ impl SharedBroker {
         task: &str,
         jobs: impl IntoIterator<Item = (Vec<u8>, PublishOptions)>,
         window: usize,
-        policy: &RetryPolicy,
+        policy: &RepublishPolicy,
         mut confirmed: impl FnMut(&str),
     ) -> Result<BatchReport, BatchError> {
         // When the current loss began: the first failed round after the last confirm.
@@ -163,7 +164,7 @@ impl SharedBroker {
         let mut sent = vec![false; total];
         let mut resent = vec![false; total];
         let mut retries = 0;
-        let mut backoff = policy.backoff;
+        let mut backoff = Backoff::doubling(policy.backoff, policy.max_backoff);
         loop {
             let confirmed_before = done.iter().filter(|d| **d).count();
             let last = match self.link().await {
@@ -219,7 +220,7 @@ impl SharedBroker {
                 // A new loss: this round confirmed jobs before it failed (or nothing failed
                 // before), so the link was healthy until now.
                 lost_at = Some(Instant::now());
-                backoff = policy.backoff;
+                backoff.reset();
             }
             let elapsed = lost_at.map(|t| t.elapsed()).unwrap_or_default();
             if elapsed >= policy.deadline {
@@ -233,15 +234,15 @@ impl SharedBroker {
                     last,
                 });
             }
+            let wait = backoff.next_wait();
             tracing::warn!(
                 task,
                 unconfirmed = done.iter().filter(|d| !**d).count(),
                 error = %last,
-                retry_in = ?backoff,
+                retry_in = ?wait,
                 "publish interrupted; republishing the unconfirmed jobs with the same ids"
             );
-            tokio::time::sleep(backoff.min(policy.deadline - elapsed)).await;
-            backoff = (backoff * 2).min(policy.max_backoff);
+            tokio::time::sleep(wait.min(policy.deadline - elapsed)).await;
         }
     }
 }

@@ -28,7 +28,7 @@ mod script;
 mod state;
 
 pub use outcome::{Outcome, KNOWN_SUFFIXES};
-pub use script::{Script, Then, MODIFIERS};
+pub use script::{Script, ScriptError, Then, MODIFIERS};
 pub use state::{Charge, ChargeStatus, Provider};
 
 use axum::{

@@ -202,13 +202,32 @@ impl Script {
     }
 }
 
+/// Why a script written on its own does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptError {
+    #[error(
+        "unknown outcome {name:?}; known: {} (optionally preceded by modifiers: {})",
+        outcome_names(),
+        MODIFIERS.join(", ")
+    )]
+    UnknownOutcome { name: String },
+    #[error(
+        "unknown modifier {token:?} in {script:?}; known: {} (N is a whole number \
+         followed by s or ms, NNN an HTTP status from 400 to 599)",
+        MODIFIERS.join(", ")
+    )]
+    UnknownModifier { token: String, script: String },
+    #[error("{script:?} gives {slot} twice")]
+    Twice { script: String, slot: &'static str },
+}
+
 /// A script written on its own, as `--mix` takes it: `then502_lag20s_ok`, `ok`, `_decline`.
 /// Strict, unlike [`Script::from_card`]: every token before the outcome must be a modifier,
 /// and at most one of each kind. Case-insensitive.
 impl FromStr for Script {
-    type Err = String;
+    type Err = ScriptError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ScriptError> {
         let lower = s.trim().to_ascii_lowercase();
         let spec = lower.strip_prefix('_').unwrap_or(&lower);
         let (head, last) = match spec.rsplit_once('_') {
@@ -216,24 +235,24 @@ impl FromStr for Script {
             None => (None, spec),
         };
         let Some(outcome) = outcome_named(last) else {
-            return Err(format!(
-                "unknown outcome {last:?}; known: {} (optionally preceded by modifiers: {})",
-                outcome_names(),
-                MODIFIERS.join(", ")
-            ));
+            return Err(ScriptError::UnknownOutcome {
+                name: last.to_owned(),
+            });
         };
         let mut script = Self::plain(outcome);
         let mut seen = Vec::new();
         for token in head.into_iter().flat_map(|h| h.split('_')) {
             let Some(m) = Modifier::parse(token) else {
-                return Err(format!(
-                    "unknown modifier {token:?} in {s:?}; known: {} (N is a whole number \
-                     followed by s or ms, NNN an HTTP status from 400 to 599)",
-                    MODIFIERS.join(", ")
-                ));
+                return Err(ScriptError::UnknownModifier {
+                    token: token.to_owned(),
+                    script: s.to_owned(),
+                });
             };
             if seen.contains(&m.slot()) {
-                return Err(format!("{s:?} gives {} twice", m.slot()));
+                return Err(ScriptError::Twice {
+                    script: s.to_owned(),
+                    slot: m.slot(),
+                });
             }
             seen.push(m.slot());
             script.apply(m);
@@ -362,16 +381,17 @@ mod tests {
         let all = "thenreset_pending1500ms_lag2s_lookuperr3s_forget_duporder_500once";
         assert_eq!(all.parse::<Script>().unwrap().to_string(), all);
 
-        let e = "nope".parse::<Script>().unwrap_err();
+        let e = "nope".parse::<Script>().unwrap_err().to_string();
         assert!(
             e.contains("\"nope\"") && e.contains("500once, 429") && e.contains("lag<N>"),
             "{e}"
         );
-        let e = "lga20s_ok".parse::<Script>().unwrap_err();
+        let e = "lga20s_ok".parse::<Script>().unwrap_err().to_string();
         assert!(e.contains("unknown modifier \"lga20s\""), "{e}");
         assert!("lag1s_lag2s_ok"
             .parse::<Script>()
             .unwrap_err()
+            .to_string()
             .contains("lag twice"));
         assert!("then200_ok".parse::<Script>().is_err());
         assert!("ok_".parse::<Script>().is_err());

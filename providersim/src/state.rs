@@ -7,14 +7,25 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Which simulated provider took a charge request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A billing provider the simulator stands in for: which one took a charge request, and
+/// which one a seeded subscription bills through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// `POST /core/v5/orders`.
     Pagarme,
     /// `POST /api/v3/payment/credit-card`.
     Appmax,
+}
+
+impl Provider {
+    /// `pagarme` / `appmax`, as in the ledger's JSON and in metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pagarme => "pagarme",
+            Self::Appmax => "appmax",
+        }
+    }
 }
 
 /// A charge's status, in the ledger's vocabulary (Appmax's approved/declined map here too).

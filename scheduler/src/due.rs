@@ -33,7 +33,8 @@
 //! as its twin, which the worker's ledger and the handler's idempotency key absorb.
 //! Confirms received and the commit lost is the same case with the whole page sent.
 
-use crate::leader::{Fence, Leadership, LeaseError};
+use crate::leader::{Fence, Leadership};
+use crate::PassError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -41,7 +42,7 @@ use std::cell::Cell;
 use uuid::Uuid;
 use warren_core::envelope::job_id_for_key;
 use warren_core::task::RenewalPayload;
-use warren_producer::{Producer, PublishError, PublishOptions};
+use warren_producer::{Producer, PublishOptions};
 
 /// What is scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -189,17 +190,6 @@ pub struct ProviderFlags {
     pub dry_run: bool,
 }
 
-/// Scan failures.
-#[derive(Debug, thiserror::Error)]
-pub enum ScanError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("publishing renewals: {0}")]
-    Publish(#[from] PublishError),
-    #[error("leadership: {0}")]
-    Lease(#[from] LeaseError),
-}
-
 /// What one scan of one kind did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScanReport {
@@ -264,7 +254,7 @@ pub async fn count_due(
 
 /// Scans one kind as the leader: everything due at `cutoff` (the database's clock, read by
 /// the caller), each page's enqueue fenced by `lease` (see the module docs). Stops with
-/// [`ScanError::Lease`] as soon as the lease is lost, observe-only kinds included.
+/// [`PassError::Lease`] as soon as the lease is lost, observe-only kinds included.
 pub async fn scan_leased(
     pool: &PgPool,
     lease: &mut Leadership,
@@ -272,7 +262,7 @@ pub async fn scan_leased(
     kind: DueKind,
     page_size: i64,
     cutoff: DateTime<Utc>,
-) -> Result<ScanReport, ScanError> {
+) -> Result<ScanReport, PassError> {
     scan_with(pool, Some(lease), producer, kind, page_size, cutoff).await
 }
 
@@ -284,7 +274,7 @@ pub async fn scan(
     producer: Option<&Producer>,
     kind: DueKind,
     page_size: i64,
-) -> Result<ScanReport, ScanError> {
+) -> Result<ScanReport, PassError> {
     let cutoff = database_now(pool).await?;
     scan_with(pool, None, producer, kind, page_size, cutoff).await
 }
@@ -301,7 +291,7 @@ async fn scan_with(
     kind: DueKind,
     page_size: i64,
     cutoff: DateTime<Utc>,
-) -> Result<ScanReport, ScanError> {
+) -> Result<ScanReport, PassError> {
     let mut report = ScanReport::default();
     let mut after = scan_start();
     loop {
@@ -340,7 +330,7 @@ async fn enqueue(
     kind: DueKind,
     task: &str,
     page: &[Due],
-) -> Result<u64, ScanError> {
+) -> Result<u64, PassError> {
     let keys: Vec<String> = page
         .iter()
         .map(|d| renewal_key(d.subscription_id, d.period_end, d.attempt.max(1) as u16))

@@ -16,6 +16,7 @@
 //! in the table and never blocks the rows behind it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+use crate::PassError;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -26,15 +27,6 @@ use warren_producer::{Producer, PublishError, PublishOptions};
 
 /// Most retry backoff for a row that cannot be published.
 const MAX_BACKOFF_SECS: f64 = 3600.0;
-
-/// Relay failures.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("publishing: {0}")]
-    Publish(#[from] PublishError),
-}
 
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +56,7 @@ pub async fn relay_batch(
     producer: &Producer,
     exchange: &str,
     batch: i64,
-) -> Result<RelayReport, RelayError> {
+) -> Result<RelayReport, PassError> {
     let mut tx = pool.begin().await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT seq, id, task, payload::text AS payload, idempotency_key, tenant, max_attempts
@@ -185,13 +177,14 @@ pub async fn run_relay(
                         pause = Duration::ZERO;
                     }
                 }
-                Err(RelayError::Db(e)) => {
-                    health.set("database", false);
-                    tracing::warn!(error = %e, "outbox relay cannot reach PostgreSQL; retrying");
-                }
-                Err(RelayError::Publish(e)) => {
+                Err(PassError::Publish(e)) => {
                     tracing::warn!(error = %e, "outbox relay lost the broker; reconnecting");
                     broker.reset(link.generation).await;
+                }
+                // `relay_batch` holds no lease: anything else is the database's.
+                Err(e) => {
+                    health.set("database", false);
+                    tracing::warn!(error = %e, "outbox relay cannot reach PostgreSQL; retrying");
                 }
             }
         }

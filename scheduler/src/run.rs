@@ -205,10 +205,10 @@ async fn scan_all(
                 tracing::info!(provider = kind.label(), mode, due = r.due, published = r.published,
                     cutoff = %clock.now, elapsed = ?started.elapsed(), "due scan");
             }
-            Err(due::ScanError::Lease(e)) => return Err(e),
+            Err(crate::PassError::Lease(e)) => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, provider = kind.label(), "due scan failed; retrying next interval");
-                if let (due::ScanError::Publish(_), Some(link)) = (&e, &link) {
+                if let (crate::PassError::Publish(_), Some(link)) = (&e, &link) {
                     broker.reset(link.generation).await;
                 }
             }
@@ -233,10 +233,10 @@ async fn run_cron(
     };
     match crate::ticks::run_due(pool, lease, &link.producer, &cfg.schedules, clock.now).await {
         Ok(_) => Ok(()),
-        Err(crate::ticks::TickError::Lease(e)) => Err(e),
+        Err(crate::PassError::Lease(e)) => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "cron pass failed; retrying next pass");
-            if matches!(e, crate::ticks::TickError::Publish(_)) {
+            if matches!(e, crate::PassError::Publish(_)) {
                 broker.reset(link.generation).await;
             }
             Ok(())

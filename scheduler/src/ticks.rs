@@ -18,14 +18,15 @@
 //! so one lost job cannot silence a schedule forever.
 
 use crate::cron::{Overlap, Schedule, ScheduleConfig, ScheduleError};
-use crate::leader::{Leadership, LeaseError};
+use crate::leader::Leadership;
+use crate::PassError;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
 use warren_core::envelope::job_id_for_key;
 use warren_core::telemetry::names;
-use warren_producer::{Producer, PublishError, PublishOptions};
+use warren_producer::{Producer, PublishOptions};
 
 /// A previous run unfinished for this long no longer blocks an `overlap = "skip"` schedule.
 pub const STUCK_AFTER: Duration = Duration::from_secs(3600);
@@ -49,17 +50,6 @@ pub fn schedules(raw: &[toml::Value]) -> Result<Vec<Schedule>, ScheduleError> {
         configs.push(cfg);
     }
     crate::cron::parse_schedules(configs)
-}
-
-/// Tick failures.
-#[derive(Debug, thiserror::Error)]
-pub enum TickError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("publishing a cron tick: {0}")]
-    Publish(#[from] PublishError),
-    #[error("leadership: {0}")]
-    Lease(#[from] LeaseError),
 }
 
 /// The latest recorded tick of one schedule, for `warren status`.
@@ -95,7 +85,7 @@ pub async fn run_due(
     producer: &Producer,
     schedules: &[Schedule],
     now: DateTime<Utc>,
-) -> Result<u64, TickError> {
+) -> Result<u64, PassError> {
     let mut published = 0;
     for s in schedules {
         let last: Option<DateTime<Utc>> =
@@ -119,7 +109,7 @@ async fn run_tick(
     s: &Schedule,
     tick: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<bool, TickError> {
+) -> Result<bool, PassError> {
     let key = s.tick_key(tick);
     let job_id = job_id_for_key(&key);
     let skip = match s.overlap() {

@@ -180,14 +180,7 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         .await?;
         let used = Cpu::now(&pool, &[]).await.minus(&cpu);
         bare_cpu.add(&used);
-        let bare = a.jobs as f64 / t.as_secs_f64();
-        println!(
-            "round {round}: bare lapin consumer  {:>9.0} jobs/s ({:.2}s; {})",
-            bare,
-            t.as_secs_f64(),
-            used.per_job(a.jobs, "warren")
-        );
-        bare_rates.push(bare);
+        bare_rates.push(round_rate(round, "bare lapin consumer ", a.jobs, t, &used));
 
         publish(&producer, &job, &run_id, round, "runtime", a.jobs).await?;
         let before = succeeded(&metrics.render());
@@ -224,14 +217,7 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         rss_kib = rss_kib.max(proc_status_kib("VmRSS"));
         shutdown.cancel();
         handle.await??;
-        let rt = a.jobs as f64 / t.as_secs_f64();
-        println!(
-            "round {round}: warren worker runtime {:>9.0} jobs/s ({:.2}s; {})",
-            rt,
-            t.as_secs_f64(),
-            used.per_job(a.jobs, "warren")
-        );
-        runtime_rates.push(rt);
+        runtime_rates.push(round_rate(round, "warren worker runtime", a.jobs, t, &used));
     }
     let (bare, rt) = (mean(&bare_rates), mean(&runtime_rates));
     let text = metrics.render();
@@ -501,6 +487,17 @@ fn ledger_stats(text: &str) -> (f64, f64) {
         metric_sum(text, "warren_ledger_batch_size_sum", &[]),
         metric_sum(text, "warren_ledger_batch_size_count", &[]),
     )
+}
+
+/// Prints one drain of a round (its rate, time and CPU per job) and returns the rate.
+fn round_rate(round: u32, who: &str, jobs: u64, t: Duration, used: &Cpu) -> f64 {
+    let rate = jobs as f64 / t.as_secs_f64();
+    println!(
+        "round {round}: {who} {rate:>9.0} jobs/s ({:.2}s; {})",
+        t.as_secs_f64(),
+        used.per_job(jobs, "warren")
+    );
+    rate
 }
 
 /// CPU seconds (user + system) used so far by the measured processes (this one, or a peer

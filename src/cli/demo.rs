@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warren_core::config::redact_url;
 use warren_core::db;
-use warren_providersim::{Script, KNOWN_SUFFIXES};
+use warren_providersim::{Provider, Script, KNOWN_SUFFIXES};
 
 /// Subscriptions per insert batch (and per transaction).
 pub(crate) const BATCH: usize = 1000;
@@ -194,7 +194,7 @@ impl FromStr for Mix {
             };
             let name = name.strip_prefix('_').unwrap_or(name);
             // The simulator's own parser: its error names the outcomes and modifiers.
-            let script = name.parse::<Script>()?;
+            let script = name.parse::<Script>().map_err(|e| e.to_string())?;
             if seen.contains(&script) {
                 return Err(format!(
                     "{name:?} is given twice; use a weight instead (e.g. {script}=2)"
@@ -207,27 +207,11 @@ impl FromStr for Mix {
     }
 }
 
-/// A billing provider as seeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Provider {
-    Pagarme,
-    Appmax,
-}
-
-impl Provider {
-    /// The `billing_provider` enum value.
-    fn db(self) -> &'static str {
-        match self {
-            Self::Pagarme => "PAGARME",
-            Self::Appmax => "APPMAX",
-        }
-    }
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Pagarme => "pagarme",
-            Self::Appmax => "appmax",
-        }
+/// The `billing_provider` enum value a subscription of `p` is seeded with.
+fn db_provider(p: Provider) -> &'static str {
+    match p {
+        Provider::Pagarme => "PAGARME",
+        Provider::Appmax => "APPMAX",
     }
 }
 
@@ -453,7 +437,7 @@ pub(crate) async fn seed(pool: &PgPool, opts: &SeedOptions) -> anyhow::Result<Se
             b.emails.push(format!("demo+{number}@example.com"));
             b.names.push(format!("Demo Customer {number}"));
             b.pm_ids.push(pm);
-            b.providers.push(provider.db());
+            b.providers.push(db_provider(provider));
             b.sub_ids.push(Uuid::new_v4());
             // Due: 5 minutes to 3 days ago; not due: 1 to 28 days ahead. Spread by i.
             let period_end = if i < due {

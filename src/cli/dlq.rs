@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
-use warren_producer::dlq::{Dlq, Filter, Outcome, Progress, ReplayOptions, Row, Synced};
+use warren_producer::dlq::{Dlq, DlqError, Filter, Outcome, Progress, ReplayOptions, Row, Synced};
 
 #[derive(Args, Debug)]
 pub struct DlqArgs {
@@ -120,6 +120,14 @@ impl FilterArgs {
     }
 }
 
+/// Names the flag behind a value the library refused.
+fn as_flags(e: DlqError) -> anyhow::Error {
+    match e {
+        DlqError::UnknownKind { .. } => anyhow::anyhow!("--kind {e}"),
+        e => e.into(),
+    }
+}
+
 pub async fn run(g: &Global, a: DlqArgs) -> anyhow::Result<()> {
     if let DlqCommand::Purge { yes: false, .. } = &a.command {
         bail!("purge deletes dead letters for good: add --yes to confirm (`warren dlq list` first shows what the filters match)");
@@ -139,7 +147,10 @@ pub async fn run(g: &Global, a: DlqArgs) -> anyhow::Result<()> {
             no_sync,
             format,
         } => {
-            let (synced, rows) = dlq.list(&filter.filter()?, all, !no_sync).await?;
+            let (synced, rows) = dlq
+                .list(&filter.filter()?, all, !no_sync)
+                .await
+                .map_err(as_flags)?;
             match format {
                 Format::Json => println!(
                     "{}",
@@ -206,6 +217,7 @@ pub async fn run(g: &Global, a: DlqArgs) -> anyhow::Result<()> {
             let out = dlq
                 .replay(&filter.filter()?, &opts, |p| bar.show(p))
                 .await
+                .map_err(as_flags)
                 .context("replaying")?;
             bar.finish();
             if dry_run {
@@ -223,6 +235,7 @@ pub async fn run(g: &Global, a: DlqArgs) -> anyhow::Result<()> {
             let out = dlq
                 .purge(&filter.filter()?, |p| bar.show(p))
                 .await
+                .map_err(as_flags)
                 .context("purging")?;
             bar.finish();
             report(&out, "purged");

@@ -238,7 +238,13 @@ async fn down(g: &Global, target: i64, yes: bool) -> anyhow::Result<()> {
     let status = migrations::status(&mut conn)
         .await
         .with_context(|| format!("reading {url}"))?;
-    let plan = migrations::plan_down(&status, target)?;
+    let plan = migrations::plan_down(&status, target).map_err(|e| match e {
+        MigrationError::NoSuchVersion(v) => anyhow::anyhow!(
+            "--down {v}: this release has no migration {v}; give 0 (before the first migration) \
+             or a version that `warren migrate --check` lists as applied"
+        ),
+        e => e.into(),
+    })?;
     if plan.is_empty() {
         println!("{url}: nothing to revert, no migration newer than {target} is applied");
         return Ok(());

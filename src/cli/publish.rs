@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use warren_core::telemetry::Health;
 use warren_core::{limits, outbox};
-use warren_producer::{PublishOptions, RetryPolicy};
+use warren_producer::{PublishOptions, RepublishPolicy};
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
@@ -156,9 +156,9 @@ pub async fn run(g: &Global, a: PublishArgs) -> anyhow::Result<()> {
     if let Some(d) = delay.filter(|d| *d > longest) {
         return hold_in_outbox(g, &a, &opts, &payload, d, longest, &topology).await;
     }
-    let policy = RetryPolicy {
+    let policy = RepublishPolicy {
         deadline: a.retry_for,
-        ..RetryPolicy::default()
+        ..RepublishPolicy::default()
     };
     // Connects on demand and, on a lost connection, reconnects and republishes only the
     // unconfirmed jobs under their original ids (warren_producer::reliable).

@@ -311,7 +311,7 @@ pub async fn publish_renewal(
 
 /// One row per subscription: its card suffix and where it ended up.
 #[derive(Debug, sqlx::FromRow)]
-pub struct Outcome {
+pub struct SubscriptionEnd {
     pub id: Uuid,
     pub provider: String,
     pub card: String,
@@ -323,7 +323,7 @@ pub struct Outcome {
     pub rows: i64,
 }
 
-pub async fn outcomes(env: &TestEnv) -> Vec<Outcome> {
+pub async fn subscription_ends(env: &TestEnv) -> Vec<SubscriptionEnd> {
     sqlx::query_as(
         "SELECT s.id, s.provider::text AS provider, pm.provider_payment_method_id AS card,
                 s.status::text AS status,
@@ -380,7 +380,7 @@ pub fn ends_unknown(provider: &str, suffix: &str) -> bool {
 
 /// How many subscriptions [`ends_unknown`].
 pub async fn unknown_cards(env: &TestEnv) -> i64 {
-    outcomes(env)
+    subscription_ends(env)
         .await
         .iter()
         .filter(|o| ends_unknown(&o.provider, suffix(&o.card)))
@@ -392,7 +392,7 @@ pub async fn unknown_cards(env: &TestEnv) -> i64 {
 /// and its ack leaves the delivery to be judged again, so a DLQ may hold two copies of one
 /// job (docs/dlq.md, `copies`); [`dlq_depth`] counts copies.
 pub async fn renewals_settled(env: &TestEnv) -> bool {
-    let all = outcomes(env).await;
+    let all = subscription_ends(env).await;
     let undecided = all
         .iter()
         .filter(|o| !ends_unknown(&o.provider, suffix(&o.card)))
@@ -416,7 +416,7 @@ pub async fn dlq_depth(env: &TestEnv) -> i64 {
 
 /// Whether a subscription ended in the state its card suffix implies (one dunning step for
 /// `_decline`; see [`ends_unknown`]).
-pub fn in_card_state(o: &Outcome) -> bool {
+pub fn in_card_state(o: &SubscriptionEnd) -> bool {
     if ends_unknown(&o.provider, suffix(&o.card)) {
         return o.status == "ACTIVE" && !o.advanced && o.paid == 0 && o.rows == 1;
     }
@@ -439,7 +439,7 @@ pub fn in_card_state(o: &Outcome) -> bool {
 /// ([`in_card_state`]); returns how many subscriptions each (provider, suffix) pair had.
 pub async fn assert_card_states(env: &TestEnv) -> HashMap<(String, String), usize> {
     let mut per: HashMap<(String, String), usize> = HashMap::new();
-    for o in &outcomes(env).await {
+    for o in &subscription_ends(env).await {
         *per.entry((o.provider.clone(), suffix(&o.card).to_owned()))
             .or_default() += 1;
         assert!(in_card_state(o), "{o:?}");

@@ -54,6 +54,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use warren_core::backoff::Backoff;
 use warren_core::telemetry::{names, Health};
 
 /// Final states a finish can record.
@@ -389,8 +390,8 @@ impl Task {
     }
 
     /// After a failed statement: drops the connection, marks the database down and waits
-    /// out `backoff` (which then doubles, up to 5 s) before the caller retries.
-    async fn failed(&mut self, e: &sqlx::Error, what: &str, backoff: &mut Duration) {
+    /// out `backoff`'s next wait (100 ms doubling up to 5 s) before the caller retries.
+    async fn failed(&mut self, e: &sqlx::Error, what: &str, backoff: &mut Backoff) {
         self.discard();
         self.report(false);
         metrics::counter!(names::LEDGER_ERRORS).increment(1);
@@ -400,14 +401,18 @@ impl Task {
             }
             _ => "",
         };
-        tracing::warn!(error = %e, retry_in = ?*backoff,
+        let wait = backoff.next_wait();
+        tracing::warn!(error = %e, retry_in = ?wait,
             "job ledger {what} failed{hint}; holding deliveries until PostgreSQL answers");
-        tokio::time::sleep(*backoff).await;
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(wait).await;
     }
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a statement that failed for an outage waits before it is tried again: 100 ms,
+/// doubling up to 5 s, from the first wait again for each new statement.
+fn outage_backoff() -> Backoff {
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5))
+}
 
 async fn writer(mut task: Task, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Op>>>, max_batch: usize) {
     let write_seconds = metrics::histogram!(names::LEDGER_STATEMENT_DURATION, "op" => "write");
@@ -466,7 +471,7 @@ async fn commit(
     batch: &mut Batch,
     seconds: &metrics::Histogram,
 ) -> Result<(), sqlx::Error> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = outage_backoff();
     loop {
         let written = match task.conn().await {
             Ok(c) => timed(seconds, write(c, batch)).await,
@@ -523,7 +528,7 @@ async fn recorded(
     checks: &[CheckOp],
     seconds: &metrics::Histogram,
 ) -> Result<HashMap<String, bool>, sqlx::Error> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = outage_backoff();
     loop {
         let read = match task.conn().await {
             Ok(c) => timed(seconds, read_recorded(c, checks)).await,

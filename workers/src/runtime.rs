@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warren_core::backoff::Backoff;
 use warren_core::telemetry::{names, Health};
 use warren_core::topology::{Topology, TopologyError, WorkQueue};
 use warren_producer::{Producer, PublishError};
@@ -62,8 +63,10 @@ pub enum WorkerError {
     ConsumerCancelled { queue: String },
     #[error("the connection reported an error: {0}")]
     Connection(String),
-    #[error("{0}")]
-    Config(String),
+    #[error("no queue to consume: `queues` is empty")]
+    NoQueues,
+    #[error("`prefetch` is 0: at least one unacked delivery per queue is needed")]
+    NoPrefetch,
 }
 
 impl WorkerError {
@@ -73,7 +76,7 @@ impl WorkerError {
             Self::Topology(t) => t.is_retryable(),
             Self::Broker(_) | Self::Publish(_) | Self::ConsumerCancelled { .. } => true,
             Self::Connection(_) => true,
-            Self::Config(_) => false,
+            Self::NoQueues | Self::NoPrefetch => false,
         }
     }
 }
@@ -95,6 +98,12 @@ pub struct Worker {
     ledger_scope: crate::ledger::Scope,
 }
 
+/// First wait before reconnecting to the broker; it doubles after each session that failed
+/// before consuming, up to [`RECONNECT_MOST`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between reconnects to the broker.
+const RECONNECT_MOST: Duration = Duration::from_secs(15);
+
 impl Worker {
     /// Resolves the queue names; an unknown one is an error that lists the known ones.
     pub fn new(
@@ -105,10 +114,10 @@ impl Worker {
         health: Health,
     ) -> Result<Self, WorkerError> {
         if cfg.queues.is_empty() {
-            return Err(WorkerError::Config("give at least one --queue".into()));
+            return Err(WorkerError::NoQueues);
         }
         if cfg.prefetch == 0 {
-            return Err(WorkerError::Config("--prefetch must be at least 1".into()));
+            return Err(WorkerError::NoPrefetch);
         }
         let mut queues = Vec::new();
         for name in &cfg.queues {
@@ -148,7 +157,7 @@ impl Worker {
         )
         .scoped(self.ledger_scope);
         let tracker = TaskTracker::new();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::doubling(RECONNECT_FIRST, RECONNECT_MOST);
         let mut sessions = 0u64;
         let result = loop {
             if shutdown.is_cancelled() {
@@ -171,14 +180,14 @@ impl Worker {
                     // drops connections now and then is rejoined at once, not after a wait
                     // grown by earlier drops. Only failures to get that far back off.
                     if sessions > consuming_before {
-                        backoff = Duration::from_millis(250);
+                        backoff.reset();
                     }
-                    tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting");
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %e, retry_in = ?wait, "broker session ended; reconnecting");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => break Ok(None),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(15));
                 }
             }
         };

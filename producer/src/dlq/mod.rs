@@ -53,7 +53,7 @@ const ACK_GRACE: Duration = Duration::from_millis(1000);
 pub enum DlqError {
     #[error(transparent)]
     Topology(#[from] TopologyError),
-    #[error("--kind {kind:?} is not a dead-letter kind; use one of: {}", known.join(", "))]
+    #[error("{kind:?} is not a dead-letter kind; use one of: {}", known.join(", "))]
     UnknownKind { kind: String, known: Vec<String> },
     #[error("no dead letter with id {0} in the mirror (`warren dlq list` shows the ids)")]
     NotFound(i64),

@@ -9,10 +9,11 @@
 //! order is ambiguous (never charged, or charged and settling): only the recorded intent
 //! tells them apart, so a charge request is never repeated.
 
-use super::{Provider, Subscription};
+use super::{Precondition, PrepareError, RenewalProvider, Subscription};
 use crate::providers::{AppmaxClient, Charge, ProviderError, Secret};
 use sqlx::PgPool;
 use std::time::Duration;
+use warren_core::task::RENEWAL_APPMAX;
 
 /// The Appmax side of [`super::Renewal`].
 pub struct Appmax {
@@ -32,28 +33,25 @@ pub struct Merchant {
     card_token: String,
 }
 
-impl Provider for Appmax {
+impl RenewalProvider for Appmax {
+    const TASK: &'static str = RENEWAL_APPMAX;
     const LABEL: &'static str = "appmax";
     const DB: &'static str = "APPMAX";
     const INTERVAL_REQUIRED: bool = false;
     const OPENS_ORDER: bool = true;
     type Prepared = Merchant;
 
-    async fn prepare(
-        &self,
-        sub: &Subscription,
-        db: &PgPool,
-    ) -> Result<Result<Merchant, String>, sqlx::Error> {
+    async fn prepare(&self, sub: &Subscription, db: &PgPool) -> Result<Merchant, PrepareError> {
         let Some(subscription_id) = sub
             .provider_subscription_id
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
         else {
-            return Ok(Err("provider_subscription_id is missing".into()));
+            return Err(Precondition::Missing("provider_subscription_id").into());
         };
         let Some(merchant_id) = sub.merchant_id else {
-            return Ok(Err("merchant_id is missing".into()));
+            return Err(Precondition::Missing("merchant_id").into());
         };
         let token: Option<Option<String>> = sqlx::query_scalar(
             "SELECT credentials->>'access_token' FROM merchant_integrations
@@ -63,32 +61,24 @@ impl Provider for Appmax {
         .fetch_optional(db)
         .await?;
         let access_token = match token {
-            None => {
-                return Ok(Err(format!(
-                    "merchant_integrations: merchant {merchant_id} has no enabled APPMAX integration"
-                )))
-            }
+            None => return Err(Precondition::NoIntegration(merchant_id).into()),
             Some(t) => match t.filter(|t| !t.trim().is_empty()) {
                 Some(t) => Secret::new(t),
-                None => {
-                    return Ok(Err(format!(
-                        "merchant_integrations.credentials.access_token is missing for merchant {merchant_id}"
-                    )))
-                }
+                None => return Err(Precondition::NoAccessToken(merchant_id).into()),
             },
         };
         let Some(card_token) = sub.card("appmaxCardToken") else {
-            return Ok(Err(
-                "card: vault_payment_method_id names no APPMAX card and \
-                           metadata.appmaxCardToken is missing"
-                    .into(),
-            ));
+            return Err(Precondition::NoCard {
+                provider: Self::DB,
+                field: "appmaxCardToken",
+            }
+            .into());
         };
-        Ok(Ok(Merchant {
+        Ok(Merchant {
             access_token,
             subscription_id: subscription_id.to_owned(),
             card_token: card_token.to_owned(),
-        }))
+        })
     }
 
     fn idempotency_window(&self) -> Option<Duration> {

@@ -52,9 +52,9 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use uuid::Uuid;
-use warren_core::billing::{renewal_key, DunningSchedule, Interval};
+use warren_core::billing::{renewal_key, DunningSchedule, Interval, IntervalError};
 use warren_core::config::BillingPolicy;
-use warren_core::task::{RenewalPayload, RENEWAL_APPMAX, RENEWAL_PAGARME};
+use warren_core::task::RenewalPayload;
 use warren_core::telemetry::names;
 
 /// A `Retry-After` up to this long is waited out inside the attempt; longer ones go back
@@ -70,26 +70,67 @@ static INSTANCE: LazyLock<String> = LazyLock::new(|| {
     format!("{}-{}", std::process::id(), &r[..8])
 });
 
+/// Why a subscription cannot be charged as it stands: recorded as
+/// `renewal.precondition_failed` and never retried (an operator fixes the data).
+#[derive(Debug, thiserror::Error)]
+pub enum Precondition {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error(
+        "card: vault_payment_method_id names no {provider} card and metadata.{field} is missing"
+    )]
+    NoCard {
+        provider: &'static str,
+        field: &'static str,
+    },
+    #[error("merchant_integrations: merchant {0} has no enabled APPMAX integration")]
+    NoIntegration(Uuid),
+    #[error("merchant_integrations.credentials.access_token is missing for merchant {0}")]
+    NoAccessToken(Uuid),
+    #[error(transparent)]
+    Interval(#[from] IntervalError),
+}
+
+/// Why [`RenewalProvider::prepare`] gave nothing to charge with.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The database did not answer: the attempt runs again.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The subscription's data rules the charge out: permanent.
+    #[error(transparent)]
+    Precondition(#[from] Precondition),
+}
+
+impl PrepareError {
+    /// Whether running the attempt again can succeed without anyone changing the data.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Db(_))
+    }
+}
+
 /// What differs between the providers. The methods make one raw request each; the handler
 /// wraps them in its [`Api`] (rate limit, metrics) and records intent around them.
-pub trait Provider: Send + Sync + 'static {
+pub trait RenewalProvider: Send + Sync + 'static {
+    /// The task whose jobs renew through this provider (`renewal.pagarme`).
+    const TASK: &'static str;
     /// `pagarme` / `appmax`: metric label.
     const LABEL: &'static str;
     /// `PAGARME` / `APPMAX`: the database enum.
     const DB: &'static str;
     /// Whether `metadata.intervalUnit`/`intervalCount` must be present (else one month).
     const INTERVAL_REQUIRED: bool;
-    /// Whether a charge needs an order opened first ([`Provider::open`]).
+    /// Whether a charge needs an order opened first ([`RenewalProvider::open`]).
     const OPENS_ORDER: bool;
     /// What a charge needs, checked before any call.
     type Prepared: Send + Sync;
 
-    /// Checks the preconditions; `Err` names the missing or invalid field.
+    /// Checks the preconditions; a [`Precondition`] names the missing or invalid field.
     fn prepare(
         &self,
         sub: &Subscription,
         db: &PgPool,
-    ) -> impl Future<Output = Result<Result<Self::Prepared, String>, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Self::Prepared, PrepareError>> + Send;
 
     /// How long the provider answers a repeated charge request for one key with the first
     /// one (Pagar.me's `Idempotency-Key`). `None`: a repeat may charge again (Appmax).
@@ -97,7 +138,7 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Opens what the charge request charges, charging nothing (Appmax: the order for the
     /// key, or the one that exists). `Pending` carries the order to charge; a decided
-    /// order answers its decision. Called only when [`Provider::OPENS_ORDER`].
+    /// order answers its decision. Called only when [`RenewalProvider::OPENS_ORDER`].
     fn open(
         &self,
         _p: &Self::Prepared,
@@ -138,7 +179,7 @@ pub struct Renewal<P> {
     request_timeout: Duration,
 }
 
-impl<P: Provider> Renewal<P> {
+impl<P: RenewalProvider> Renewal<P> {
     /// `rate_limit`: most provider requests per second from this process; `request_timeout`
     /// is the provider client's.
     pub fn new(
@@ -167,19 +208,8 @@ impl<P: Provider> Renewal<P> {
     }
 }
 
-impl Task for Renewal<Pagarme> {
-    const NAME: &'static str = RENEWAL_PAGARME;
-    type Payload = RenewalPayload;
-    async fn run(&self, p: RenewalPayload, ctx: &JobContext) -> Result<(), TaskError> {
-        renew(self, p, ctx).await
-    }
-    fn timeout(&self) -> Duration {
-        self.attempt_timeout()
-    }
-}
-
-impl Task for Renewal<Appmax> {
-    const NAME: &'static str = RENEWAL_APPMAX;
+impl<P: RenewalProvider> Task for Renewal<P> {
+    const NAME: &'static str = P::TASK;
     type Payload = RenewalPayload;
     async fn run(&self, p: RenewalPayload, ctx: &JobContext) -> Result<(), TaskError> {
         renew(self, p, ctx).await
@@ -227,7 +257,7 @@ fn db_err(e: sqlx::Error) -> TaskError {
 }
 
 /// One attempt; see the module docs.
-async fn renew<P: Provider>(
+async fn renew<P: RenewalProvider>(
     h: &Renewal<P>,
     p: RenewalPayload,
     ctx: &JobContext,
@@ -270,9 +300,12 @@ async fn renew<P: Provider>(
         Ok(i) => i,
         Err(reason) => return precondition_failed::<P>(db, &ev, reason).await,
     };
-    let prepared = match h.provider.prepare(&sub, db).await.map_err(db_err)? {
+    let prepared = match h.provider.prepare(&sub, db).await {
         Ok(prep) => prep,
-        Err(reason) => return precondition_failed::<P>(db, &ev, reason).await,
+        Err(PrepareError::Precondition(reason)) => {
+            return precondition_failed::<P>(db, &ev, reason).await
+        }
+        Err(PrepareError::Db(e)) => return Err(db_err(e)),
     };
 
     // The limiter first, so the lease is never spent waiting in it.
@@ -327,7 +360,7 @@ async fn renew<P: Provider>(
 }
 
 /// One attempt that holds its key's lease.
-struct Attempt<'a, P: Provider> {
+struct Attempt<'a, P: RenewalProvider> {
     h: &'a Renewal<P>,
     db: &'a PgPool,
     ev: &'a Event<'a>,
@@ -340,7 +373,7 @@ struct Attempt<'a, P: Provider> {
     permit: Option<Permit>,
 }
 
-impl<P: Provider> Attempt<'_, P> {
+impl<P: RenewalProvider> Attempt<'_, P> {
     async fn run(&mut self, row: Row) -> Result<(), TaskError> {
         match row.status.as_str() {
             // The finish did not land (or this is a late copy): finish again, idempotent.
@@ -688,11 +721,12 @@ fn count(provider: &'static str, outcome: &'static str) {
 }
 
 /// Step 2 failed: flag the subscription, record the event, dead-letter as permanent.
-async fn precondition_failed<P: Provider>(
+async fn precondition_failed<P: RenewalProvider>(
     db: &PgPool,
     ev: &Event<'_>,
-    reason: String,
+    reason: Precondition,
 ) -> Result<(), TaskError> {
+    let reason = reason.to_string();
     record::flag(db, ev, "renewal.precondition_failed", &reason, json!({}))
         .await
         .map_err(db_err)?;
@@ -770,7 +804,7 @@ fn skip_reason(sub: &Subscription, p: &RenewalPayload) -> Option<&'static str> {
 }
 
 /// The billing interval; without metadata, one month when not required.
-fn interval(sub: &Subscription, required: bool) -> Result<Interval, String> {
+fn interval(sub: &Subscription, required: bool) -> Result<Interval, Precondition> {
     let unit = sub.metadata.get("intervalUnit");
     let count = sub.metadata.get("intervalCount");
     match (unit, count) {
@@ -778,9 +812,9 @@ fn interval(sub: &Subscription, required: bool) -> Result<Interval, String> {
             unit: warren_core::billing::IntervalUnit::Month,
             count: 1,
         }),
-        (None, _) => Err("metadata.intervalUnit is missing".into()),
-        (_, None) => Err("metadata.intervalCount is missing".into()),
-        (Some(u), Some(c)) => Interval::from_metadata(u, c).map_err(|e| e.to_string()),
+        (None, _) => Err(Precondition::Missing("metadata.intervalUnit")),
+        (_, None) => Err(Precondition::Missing("metadata.intervalCount")),
+        (Some(u), Some(c)) => Ok(Interval::from_metadata(u, c)?),
     }
 }
 
@@ -850,14 +884,14 @@ mod tests {
     fn interval_is_required_where_the_provider_needs_it() {
         let s = sub("ACTIVE", "2026-11-01T00:00:00Z", 0);
         assert_eq!(
-            interval(&s, true).unwrap_err(),
+            interval(&s, true).unwrap_err().to_string(),
             "metadata.intervalCount is missing"
         );
         let mut bare = s.clone();
         bare.metadata = json!({});
         assert_eq!(interval(&bare, false).unwrap().count, 1);
         assert_eq!(
-            interval(&bare, true).unwrap_err(),
+            interval(&bare, true).unwrap_err().to_string(),
             "metadata.intervalUnit is missing"
         );
     }

@@ -6,10 +6,11 @@
 //! and the `Idempotency-Key`; reconciliation looks the orders up by code. Inside Pagar.me's
 //! idempotency window a repeated request answers the first order, so it may be repeated.
 
-use super::{Provider, Subscription};
+use super::{Precondition, PrepareError, RenewalProvider, Subscription};
 use crate::providers::{Charge, PagarmeClient, ProviderError, RenewalCharge};
 use sqlx::PgPool;
 use std::time::Duration;
+use warren_core::task::RENEWAL_PAGARME;
 
 /// The Pagar.me side of [`super::Renewal`].
 pub struct Pagarme {
@@ -34,32 +35,29 @@ pub struct Card {
     card_id: String,
 }
 
-impl Provider for Pagarme {
+impl RenewalProvider for Pagarme {
+    const TASK: &'static str = RENEWAL_PAGARME;
     const LABEL: &'static str = "pagarme";
     const DB: &'static str = "PAGARME";
     const INTERVAL_REQUIRED: bool = true;
     const OPENS_ORDER: bool = false;
     type Prepared = Card;
 
-    async fn prepare(
-        &self,
-        sub: &Subscription,
-        _db: &PgPool,
-    ) -> Result<Result<Card, String>, sqlx::Error> {
+    async fn prepare(&self, sub: &Subscription, _db: &PgPool) -> Result<Card, PrepareError> {
         let Some(card_id) = sub.card("pagarmeCardId") else {
-            return Ok(Err(
-                "card: vault_payment_method_id names no PAGARME card and \
-                           metadata.pagarmeCardId is missing"
-                    .into(),
-            ));
+            return Err(Precondition::NoCard {
+                provider: Self::DB,
+                field: "pagarmeCardId",
+            }
+            .into());
         };
         let Some(customer_id) = sub.meta_str("pagarmeCustomerId") else {
-            return Ok(Err("metadata.pagarmeCustomerId is missing".into()));
+            return Err(Precondition::Missing("metadata.pagarmeCustomerId").into());
         };
-        Ok(Ok(Card {
+        Ok(Card {
             customer_id: customer_id.to_owned(),
             card_id: card_id.to_owned(),
-        }))
+        })
     }
 
     fn idempotency_window(&self) -> Option<Duration> {

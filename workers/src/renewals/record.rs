@@ -179,34 +179,40 @@ impl Lease {
     /// Takes the lease of an existing row if it is free; `false` when another attempt
     /// holds it or the row is gone.
     pub async fn take(&self) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
+        self.update_own(
             "UPDATE payment_transactions
-                SET charging_until = now() + make_interval(secs => $2), lease_owner = $3
+                SET charging_until = now() + make_interval(secs => $3), lease_owner = $2
               WHERE idempotency_key = $1
-                AND (charging_until IS NULL OR charging_until < now() OR lease_owner = $3)",
+                AND (charging_until IS NULL OR charging_until < now() OR lease_owner = $2)",
+            self.length.as_secs_f64(),
         )
-        .bind(&self.key)
-        .bind(self.length.as_secs_f64())
-        .bind(&self.owner)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .await
     }
 
     /// Extends the lease while it is still this owner's; `false` once it is not.
     pub async fn renew(&self) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
+        self.update_own(
             "UPDATE payment_transactions
                 SET charging_until = now() + make_interval(secs => $3)
               WHERE idempotency_key = $1 AND lease_owner = $2",
+            self.length.as_secs_f64(),
         )
-        .bind(&self.key)
-        .bind(&self.owner)
-        .bind(self.length.as_secs_f64())
-        .execute(&self.db)
-        .await?
-        .rows_affected();
+        .await
+    }
+
+    /// Runs an `UPDATE` of this key's row with `$1` the key, `$2` this attempt's owner and
+    /// `$3` `value`; whether it changed the row (the lease or its fence held).
+    async fn update_own<'q, T>(&'q self, sql: &'q str, value: T) -> Result<bool, sqlx::Error>
+    where
+        T: 'q + Send + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        let n = sqlx::query(sql)
+            .bind(&self.key)
+            .bind(&self.owner)
+            .bind(value)
+            .execute(&self.db)
+            .await?
+            .rows_affected();
         Ok(n == 1)
     }
 
@@ -245,23 +251,18 @@ impl Lease {
     /// Records the Appmax order the charge request will charge. Fenced like
     /// [`Lease::intend_charge`].
     pub async fn order_opened(&self, order_id: &str) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
+        self.update_own(
             "UPDATE payment_transactions SET provider_order_id = $3, updated_at = now()
               WHERE idempotency_key = $1 AND lease_owner = $2 AND charging_until > now()",
+            order_id,
         )
-        .bind(&self.key)
-        .bind(&self.owner)
-        .bind(order_id)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .await
     }
 
     /// Records, and commits, that a charge request is about to be sent. `false` (nothing
     /// recorded, so nothing may be sent) when this attempt no longer holds the lease.
     pub async fn intend_charge(&self) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
+        self.update_own(
             "UPDATE payment_transactions
                 SET charge_requests = charge_requests + 1,
                     first_charge_sent_at = COALESCE(first_charge_sent_at, now()),
@@ -269,14 +270,9 @@ impl Lease {
                     charging_until = now() + make_interval(secs => $3),
                     updated_at = now()
               WHERE idempotency_key = $1 AND lease_owner = $2 AND charging_until > now()",
+            self.length.as_secs_f64(),
         )
-        .bind(&self.key)
-        .bind(&self.owner)
-        .bind(self.length.as_secs_f64())
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .await
     }
 
     /// The provider positively refused the last charge request (a 429, a 4xx, a connection

@@ -10,7 +10,10 @@
 //!
 //! It never charges: it only asks.
 
-use super::{db_err, interval, load, record, Appmax, Attempt, Pagarme, Provider, Renewal};
+use super::{
+    db_err, interval, load, record, Appmax, Attempt, Pagarme, PrepareError, Renewal,
+    RenewalProvider,
+};
 use crate::maintenance::age;
 use crate::providers::Charge;
 use crate::{JobContext, ResultExt, Task, TaskError};
@@ -126,7 +129,7 @@ impl Task for FailStalePayments {
 }
 
 /// Reconciles one row with provider `P`, when this worker has its client.
-async fn reconcile<P: Provider>(
+async fn reconcile<P: RenewalProvider>(
     h: Option<&Renewal<P>>,
     row: &Stale,
     max_age: &str,
@@ -149,10 +152,11 @@ async fn reconcile<P: Provider>(
     let Some(sub) = load(db, sub_id).await.map_err(db_err)? else {
         return Ok(Reconciled::Left);
     };
-    let (Ok(interval), Ok(prepared)) = (
-        interval(&sub, P::INTERVAL_REQUIRED),
-        h.provider.prepare(&sub, db).await.map_err(db_err)?,
-    ) else {
+    let prepared = match h.provider.prepare(&sub, db).await {
+        Err(PrepareError::Db(e)) => return Err(db_err(e)),
+        prepared => prepared,
+    };
+    let (Ok(interval), Ok(prepared)) = (interval(&sub, P::INTERVAL_REQUIRED), prepared) else {
         tracing::warn!(
             key,
             "stale payment left: the subscription no longer meets the preconditions"
