@@ -169,6 +169,7 @@ impl<P: Provider> Renewal<P> {
 
 impl Task for Renewal<Pagarme> {
     const NAME: &'static str = RENEWAL_PAGARME;
+    const QUEUE: &'static str = "renewals.pagarme";
     type Payload = RenewalPayload;
     async fn run(&self, p: RenewalPayload, ctx: &JobContext) -> Result<(), TaskError> {
         renew(self, p, ctx).await
@@ -180,6 +181,7 @@ impl Task for Renewal<Pagarme> {
 
 impl Task for Renewal<Appmax> {
     const NAME: &'static str = RENEWAL_APPMAX;
+    const QUEUE: &'static str = "renewals.appmax";
     type Payload = RenewalPayload;
     async fn run(&self, p: RenewalPayload, ctx: &JobContext) -> Result<(), TaskError> {
         renew(self, p, ctx).await
@@ -213,6 +215,7 @@ struct Shared<T>(Arc<T>);
 
 impl<T: Task> Task for Shared<T> {
     const NAME: &'static str = T::NAME;
+    const QUEUE: &'static str = T::QUEUE;
     type Payload = T::Payload;
     async fn run(&self, p: T::Payload, ctx: &JobContext) -> Result<(), TaskError> {
         self.0.run(p, ctx).await
