@@ -126,6 +126,11 @@ impl App {
     }
 }
 
+/// The Rust blocks of docs/tasks.md, compiled as doctests so the guide stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/tasks.md")]
+pub struct TasksGuide;
+
 #[cfg(test)]
 mod tests {
     use super::*;
