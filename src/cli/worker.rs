@@ -215,3 +215,28 @@ pub async fn start(
     tracing::info!("worker stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let cli =
+            super::super::Cli::try_parse_from(["warren", "worker", "--queue", "default"]).unwrap();
+        let super::super::Command::Worker(a) = cli.command else {
+            panic!("not the worker command");
+        };
+        // The tuning only: the URLs may come from the environment running the tests.
+        let lib = WorkerConfig::default();
+        let flags = a
+            .tuning
+            .config(&lib.amqp_url, lib.queues.clone(), lib.max_body);
+        assert_eq!((flags.prefetch, flags.grace), (lib.prefetch, lib.grace));
+        assert_eq!(
+            (flags.ledger_batch, flags.ledger_writers),
+            (lib.ledger_batch, lib.ledger_writers)
+        );
+    }
+}
