@@ -23,7 +23,11 @@
 //! tx.commit().await?; // both writes, or neither
 //! # Ok(()) }
 //! ```
+//!
+//! A payload that knows its task ([`JobArgs`]) goes in with [`enqueue`]:
+//! `enqueue(&mut *tx, &Welcome { .. }, &OutboxJob::default())`.
 
+use crate::task::JobArgs;
 use serde::Serialize;
 use sqlx::PgExecutor;
 
@@ -81,4 +85,13 @@ pub async fn insert<'e, T: Serialize + ?Sized>(
     .bind(job.run_at)
     .fetch_one(db)
     .await
+}
+
+/// [`insert`] of a typed payload: the task is `A::TASK`.
+pub async fn enqueue<'e, A: JobArgs>(
+    db: impl PgExecutor<'e>,
+    args: &A,
+    job: &OutboxJob,
+) -> Result<String, sqlx::Error> {
+    insert(db, A::TASK, args, job).await
 }

@@ -1,4 +1,5 @@
-//! Task names and the payloads of the built-in tasks.
+//! Task names, the payloads of the built-in tasks, and [`JobArgs`], which ties a payload
+//! type to its task name so publishers enqueue it without spelling the name.
 //!
 //! A task name is a stable string and is the AMQP routing key of every job of that task. It
 //! is never derived from a Rust type name, so renaming code never orphans queued jobs.
@@ -17,6 +18,37 @@ pub const DEMO_FAIL: &str = "demo.fail";
 pub const RENEWAL_PAGARME: &str = "renewal.pagarme";
 /// Renews one Appmax subscription (handler in the renewals issue).
 pub const RENEWAL_APPMAX: &str = "renewal.appmax";
+
+/// A payload type that knows its task: `producer.enqueue(&args)` publishes it to
+/// [`JobArgs::TASK`] (`warren_producer::Producer::enqueue`), and the worker's handler for
+/// that task names the same type as its payload.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use warren_core::task::JobArgs;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Welcome {
+///     email: String,
+/// }
+///
+/// impl JobArgs for Welcome {
+///     const TASK: &'static str = "email.welcome";
+/// }
+/// assert_eq!(Welcome::TASK, "email.welcome");
+/// ```
+pub trait JobArgs: Serialize {
+    /// The task name (routing key): a stable string, never derived from the type's name.
+    const TASK: &'static str;
+}
+
+impl JobArgs for DemoSleep {
+    const TASK: &'static str = DEMO_SLEEP;
+}
+
+impl JobArgs for DemoFail {
+    const TASK: &'static str = DEMO_FAIL;
+}
 
 /// Payload of `demo.noop`: any JSON object.
 pub type DemoNoop = serde_json::Map<String, serde_json::Value>;

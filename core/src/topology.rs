@@ -35,10 +35,45 @@ impl WorkQueue {
     /// Whether a job with routing key `task` lands in this queue (AMQP topic matching:
     /// `*` is one word, `#` zero or more).
     pub fn receives(&self, task: &str) -> bool {
-        let words: Vec<&str> = task.split('.').collect();
-        self.bindings.iter().any(|b| {
-            let pattern: Vec<&str> = b.split('.').collect();
-            topic_match(&pattern, &words)
+        any_binding_receives(&self.bindings, task)
+    }
+}
+
+/// Whether one of the topic patterns `bindings` matches routing key `task`.
+fn any_binding_receives(bindings: &[String], task: &str) -> bool {
+    let words: Vec<&str> = task.split('.').collect();
+    bindings.iter().any(|b| {
+        let pattern: Vec<&str> = b.split('.').collect();
+        topic_match(&pattern, &words)
+    })
+}
+
+/// A registered task's own route: the work queue its jobs go to, bound to its name.
+///
+/// [`Topology::with_tasks`] applies it only when nothing else routes the task: a built-in
+/// queue that receives the task must be the one it names, and a config-file binding that
+/// receives it wins over it (that is how an operator moves a task to another queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRoute {
+    /// Task name, bound as the exact routing key.
+    pub task: String,
+    /// Short name of the work queue; created with the default delivery limit if no built-in
+    /// queue or config-file queue has that name.
+    pub queue: String,
+}
+
+/// Queue short names use a-z, 0-9, '-', '_' and '.'; `field` names the culprit.
+fn check_queue_name(name: &str, field: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: field(),
+            message: "queue names use a-z, 0-9, '-', '_' and '.'".into(),
         })
     }
 }
@@ -101,6 +136,15 @@ pub enum TopologyError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(
+        "task {task:?} declares queue {declared:?}, but the built-in queue {routed_to:?} \
+         receives it; give the task that queue or a name outside the built-in patterns"
+    )]
+    TaskRoute {
+        task: String,
+        declared: String,
+        routed_to: String,
+    },
 }
 
 impl TopologyError {
@@ -149,20 +193,53 @@ impl fmt::Display for Declared {
 impl Topology {
     /// Built-in queues merged with the config file's queues and tiers.
     pub fn new(namespace: &str, file: &FileConfig) -> Result<Self, TopologyError> {
+        Self::with_tasks(namespace, file, &[])
+    }
+
+    /// Built-in queues, then the registered tasks' own routes, then the config file's
+    /// queues and tiers (which may adjust a task's queue, e.g. its delivery limit).
+    ///
+    /// A task's route is skipped when a built-in queue already receives the task (it must
+    /// then be the queue the task names, else [`TopologyError::TaskRoute`]) or when a
+    /// config-file binding receives it; so the built-in tasks add nothing, and the names and
+    /// bindings of a deployment without its own tasks are exactly those of [`Topology::new`].
+    pub fn with_tasks(
+        namespace: &str,
+        file: &FileConfig,
+        tasks: &[TaskRoute],
+    ) -> Result<Self, TopologyError> {
         crate::config::validate_namespace(namespace)?;
         let mut queues = builtin_queues();
-        for (name, qc) in &file.queues {
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !valid {
-                return Err(ConfigError::Invalid {
-                    field: format!("queues.{name}"),
-                    message: "queue names use a-z, 0-9, '-', '_' and '.'".into(),
+        for route in tasks {
+            check_queue_name(&route.queue, || format!("task {}: queue", route.task))?;
+            if let Some(q) = queues.iter().find(|q| q.receives(&route.task)) {
+                if q.name != route.queue {
+                    return Err(TopologyError::TaskRoute {
+                        task: route.task.clone(),
+                        declared: route.queue.clone(),
+                        routed_to: q.name.clone(),
+                    });
                 }
-                .into());
+                continue;
             }
+            let configured = file
+                .queues
+                .values()
+                .any(|qc| any_binding_receives(&qc.bindings, &route.task));
+            if configured {
+                continue;
+            }
+            match queues.iter_mut().find(|q| q.name == route.queue) {
+                Some(q) => q.bindings.push(route.task.clone()),
+                None => queues.push(WorkQueue {
+                    name: route.queue.clone(),
+                    bindings: vec![route.task.clone()],
+                    delivery_limit: DEFAULT_DELIVERY_LIMIT,
+                }),
+            }
+        }
+        for (name, qc) in &file.queues {
+            check_queue_name(name, || format!("queues.{name}"))?;
             if qc.delivery_limit == Some(0) {
                 return Err(ConfigError::Invalid {
                     field: format!("queues.{name}.delivery_limit"),
@@ -531,5 +608,84 @@ mod tests {
         let bad: FileConfig = toml::from_str("[queues.x]\ndelivery_limit=3").unwrap();
         let e = Topology::new("warren", &bad).unwrap_err().to_string();
         assert!(e.contains("queues.x.bindings"), "{e}");
+    }
+
+    fn route(task: &str, queue: &str) -> TaskRoute {
+        TaskRoute {
+            task: task.into(),
+            queue: queue.into(),
+        }
+    }
+
+    #[test]
+    fn task_routes_add_queues_and_bindings_once() {
+        let none = FileConfig::default();
+        let builtin = Topology::new("warren", &none).unwrap();
+        // The built-in tasks' routes change nothing.
+        let same = Topology::with_tasks(
+            "warren",
+            &none,
+            &[
+                route("demo.noop", "default"),
+                route("cron.prune-job-runs", "cron"),
+                route("renewal.pagarme", "renewals.pagarme"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(same.queues(), builtin.queues());
+        let t = Topology::with_tasks(
+            "warren",
+            &none,
+            &[
+                route("email.send", "emails"),
+                route("email.bounce", "emails"),
+                route("pdf.make", "default"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            t.queue("emails").unwrap().bindings,
+            ["email.send", "email.bounce"]
+        );
+        assert_eq!(t.queue("default").unwrap().bindings, ["demo.#", "pdf.make"]);
+        let names: Vec<&str> = t.queues().iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "default",
+                "renewals.pagarme",
+                "renewals.appmax",
+                "cron",
+                "emails"
+            ]
+        );
+    }
+
+    #[test]
+    fn config_adjusts_or_overrides_task_routes() {
+        let file: FileConfig = toml::from_str("[queues.emails]\ndelivery_limit=3").unwrap();
+        let t = Topology::with_tasks("warren", &file, &[route("email.send", "emails")]).unwrap();
+        assert_eq!(t.queue("emails").unwrap().delivery_limit, 3);
+        assert_eq!(t.queue("emails").unwrap().bindings, ["email.send"]);
+        let file: FileConfig = toml::from_str("[queues.mail]\nbindings=[\"x.#\"]").unwrap();
+        let t = Topology::with_tasks("warren", &file, &[route("x.y", "emails")]).unwrap();
+        assert!(t.queue("emails").is_err(), "config binding must win");
+        assert!(t.queue("mail").unwrap().receives("x.y"));
+    }
+
+    #[test]
+    fn task_routes_conflicting_with_builtin_queues_or_bad_names_fail() {
+        let none = FileConfig::default();
+        let e = Topology::with_tasks("warren", &none, &[route("demo.mine", "mine")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"demo.mine\"") && e.contains("\"default\""),
+            "{e}"
+        );
+        let e = Topology::with_tasks("warren", &none, &[route("a.b", "bad queue")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("task a.b: queue"), "{e}");
     }
 }

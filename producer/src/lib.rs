@@ -1,6 +1,8 @@
 //! Publishing jobs: publisher confirms, `mandatory` routing, persistent JSON messages.
 //!
-//! [`Producer`] is the one way Warren code publishes: the CLI, the worker runtime (retries
+//! [`Producer::enqueue`] publishes a typed payload ([`JobArgs`] names its task);
+//! [`Producer::publish`] takes the task name and any serializable payload. [`Producer`] is
+//! the one way Warren code publishes: the CLI, the worker runtime (retries
 //! and dead letters) and the benchmark all go through [`Producer::publish_raw`]. A publish
 //! is done only when the broker confirmed it; an unroutable publish (no queue bound to the
 //! task) is an error, never a silent success. A `Producer` lives on one channel; to survive
@@ -35,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use warren_core::envelope::{self, json_properties};
 use warren_core::limits::{self, LimitError};
+pub use warren_core::task::JobArgs;
 use warren_core::telemetry::names;
 use warren_core::topology::Topology;
 
@@ -188,7 +191,32 @@ impl Producer {
         &self.channel
     }
 
-    /// Publishes one job and waits for the broker's confirm. Returns the job id.
+    /// Publishes a job of `A::TASK` with `args` as its payload and waits for the broker's
+    /// confirm. Returns the job id.
+    ///
+    /// ```no_run
+    /// # async fn demo(producer: &warren_producer::Producer) -> Result<(), warren_producer::PublishError> {
+    /// use warren_core::task::DemoSleep;
+    /// let job_id = producer.enqueue(&DemoSleep { ms: 10 }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue<A: JobArgs>(&self, args: &A) -> Result<String, PublishError> {
+        self.publish(A::TASK, args, &PublishOptions::default())
+            .await
+    }
+
+    /// [`enqueue`](Self::enqueue) with envelope options (id, idempotency key, tenant,
+    /// attempts, delay).
+    pub async fn enqueue_with<A: JobArgs>(
+        &self,
+        args: &A,
+        opts: &PublishOptions,
+    ) -> Result<String, PublishError> {
+        self.publish(A::TASK, args, opts).await
+    }
+
+    /// Publishes one job and waits for the broker's confirm. Returns the job id. The task is
+    /// named at run time; [`enqueue`](Self::enqueue) takes it from the payload's type.
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         task: &str,

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use warren_core::config::{self, FileConfig};
 use warren_core::telemetry::LogFormat;
 use warren_core::topology::Topology;
+use warren_workers::Registry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,6 +92,10 @@ pub struct Global {
     #[arg(long, env = "WARREN_THREADS", global = true,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// The tasks this program runs (the built-in ones and those given to [`crate::App`]):
+    /// workers run them and every command's topology routes them.
+    #[arg(skip)]
+    pub tasks: Registry,
 }
 
 /// How a reporting command (`due`, `status`, `dlq list`) prints: a table for people, JSON
@@ -203,10 +208,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 impl Global {
-    /// The namespace's topology, from the built-ins and the config file.
+    /// The namespace's topology, from the built-ins, the registered tasks' queues and the
+    /// config file.
     pub fn topology(&self) -> anyhow::Result<Topology> {
         let file = FileConfig::load(self.config.as_deref())?;
-        Ok(Topology::new(&self.namespace, &file)?)
+        Ok(Topology::with_tasks(
+            &self.namespace,
+            &file,
+            &self.tasks.routes(),
+        )?)
     }
 
     /// A connect-on-demand publisher into this namespace's topology (scheduler, relay).

@@ -148,19 +148,20 @@ impl ProviderClientArgs {
 pub struct Tuning {
     /// Unacked deliveries per queue (basic.qos): the most jobs one queue runs at once, and
     /// the depth the ledger's group commits can reach.
-    #[arg(long, env = "WARREN_PREFETCH", default_value_t = 256,
+    #[arg(long, env = "WARREN_PREFETCH", default_value_t = WorkerConfig::DEFAULT_PREFETCH,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
     /// On SIGTERM/SIGINT, how long in-flight jobs get to finish before the worker exits and
     /// they return to the queue. Keep the orchestrator's stop timeout above it.
-    #[arg(long, env = "WARREN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
-    pub grace: Duration,
+    #[arg(long, env = "WARREN_GRACE", default_value_t = WorkerConfig::DEFAULT_GRACE.into())]
+    pub grace: humantime::Duration,
     /// Most job-ledger rows written per group commit.
-    #[arg(long, env = "WARREN_LEDGER_BATCH", default_value_t = 512,
+    #[arg(long, env = "WARREN_LEDGER_BATCH", default_value_t = WorkerConfig::DEFAULT_LEDGER_BATCH,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ledger_batch: u16,
     /// Concurrent job-ledger writers (each uses one PostgreSQL connection while writing).
-    #[arg(long, env = "WARREN_LEDGER_WRITERS", default_value_t = 1,
+    #[arg(long, env = "WARREN_LEDGER_WRITERS",
+          default_value_t = WorkerConfig::DEFAULT_LEDGER_WRITERS,
           value_parser = clap::value_parser!(u8).range(1..=16))]
     pub ledger_writers: u8,
 }
@@ -172,7 +173,7 @@ impl Tuning {
             max_body,
             queues,
             prefetch: self.prefetch,
-            grace: self.grace,
+            grace: self.grace.into(),
             ledger_batch: self.ledger_batch.into(),
             ledger_writers: self.ledger_writers.into(),
         }
@@ -201,7 +202,7 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let file = FileConfig::load(g.config.as_deref())?;
     let topology = g.topology()?;
-    let mut registry = Registry::with_builtin();
+    let mut registry = g.tasks.clone();
     a.providers
         .register(&mut registry, &topology, &a.queues, &file)?;
     let pool = db::lazy_pool(&g.database_url, a.tuning.pool_size())?;
@@ -215,4 +216,29 @@ pub async fn start(
     worker.run(shutdown).await?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let cli =
+            super::super::Cli::try_parse_from(["warren", "worker", "--queue", "default"]).unwrap();
+        let super::super::Command::Worker(a) = cli.command else {
+            panic!("not the worker command");
+        };
+        // The tuning only: the URLs may come from the environment running the tests.
+        let lib = WorkerConfig::default();
+        let flags = a
+            .tuning
+            .config(&lib.amqp_url, lib.queues.clone(), lib.max_body);
+        assert_eq!((flags.prefetch, flags.grace), (lib.prefetch, lib.grace));
+        assert_eq!(
+            (flags.ledger_batch, flags.ledger_writers),
+            (lib.ledger_batch, lib.ledger_writers)
+        );
+    }
 }

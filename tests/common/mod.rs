@@ -144,7 +144,13 @@ impl TestEnv {
 
     /// A `warren` command with this test's environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
+        self.command_of(bin().as_ref(), args)
+    }
+
+    /// `program` (a binary built on `warren::App`, or any client reading Warren's env vars)
+    /// with this test's environment.
+    pub fn command_of(&self, program: &std::path::Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
         c.args(args)
             .env("AMQP_URL", AMQP_URL)
             .env("DATABASE_URL", &self.db_url)
@@ -170,11 +176,21 @@ impl TestEnv {
     /// Starts any long-running `warren` role with extra env vars, its telemetry on a free
     /// port and its output in a log file.
     pub fn spawn(&self, args: &[&str], envs: &[(&str, &str)]) -> Worker {
+        self.spawn_of(bin().as_ref(), args, envs)
+    }
+
+    /// [`TestEnv::spawn`] for another program built on `warren::App`.
+    pub fn spawn_of(
+        &self,
+        program: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Worker {
         let port = free_port();
         let role = args.first().copied().unwrap_or("warren");
         let log = std::env::temp_dir().join(format!("{}-{role}-{port}.log", self.ns));
         let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = self.command(args);
+        let mut cmd = self.command_of(program, args);
         cmd.env("WARREN_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .stdout(file.try_clone().unwrap())
             .stderr(file);

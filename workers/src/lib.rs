@@ -30,11 +30,10 @@
 //! let mut registry = Registry::with_builtin();
 //! registry.register(SendEmail).expect("registered once");
 //! ```
-
-/// The README's "Write a task" example, compiled by `cargo test --doc` so it stays true.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeExample;
+//!
+//! A task's `QUEUE` (default `default`) is where its jobs go: [`Registry::routes`] feeds
+//! [`Topology::with_tasks`](warren_core::topology::Topology::with_tasks), so a new task
+//! needs no config-file entry. [`testing`] runs one task in a test without a broker.
 
 mod acks;
 pub mod demo;
@@ -49,9 +48,11 @@ pub mod renewals;
 pub mod retry;
 pub mod runtime;
 pub mod task;
+pub mod testing;
 
 pub use error::{ResultExt, TaskError};
 pub use registry::{DuplicateTask, Registry};
 pub use retry::RetryPolicy;
 pub use runtime::{Worker, WorkerConfig, WorkerError, HEALTH_CHECKS};
 pub use task::{JobContext, Task};
+pub use warren_core::task::JobArgs;

@@ -44,6 +44,7 @@ pub struct PruneJobRuns;
 
 impl Task for PruneJobRuns {
     const NAME: &'static str = "cron.prune-job-runs";
+    const QUEUE: &'static str = "cron";
     type Payload = Prune;
     async fn run(&self, p: Prune, ctx: &JobContext) -> Result<(), TaskError> {
         let older = age("older_than", &p.older_than)?.as_secs_f64();

@@ -6,6 +6,7 @@ use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use warren_core::topology::TaskRoute;
 
 /// Registering a task name twice is a startup error, never a silent override.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,7 @@ pub(crate) trait ErasedTask: Send + Sync {
     ) -> Result<BoxFuture<'static, Result<(), TaskError>>, Malformed>;
     fn retry_policy(&self) -> RetryPolicy;
     fn timeout(&self) -> Duration;
+    fn queue(&self) -> &'static str;
 }
 
 impl<T: Task> ErasedTask for T {
@@ -41,6 +43,9 @@ impl<T: Task> ErasedTask for T {
     fn timeout(&self) -> Duration {
         Task::timeout(self)
     }
+    fn queue(&self) -> &'static str {
+        T::QUEUE
+    }
 }
 
 /// Decodes the payload with [`warren_core::payload::decode`] (the ingest API validates with
@@ -53,6 +58,14 @@ pub(crate) fn decode<P: serde::de::DeserializeOwned>(body: &[u8]) -> Result<P, M
 #[derive(Clone, Default)]
 pub struct Registry {
     tasks: BTreeMap<String, Arc<dyn ErasedTask>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.tasks.iter().map(|(name, t)| (name, t.queue())))
+            .finish()
+    }
 }
 
 impl Registry {
@@ -82,6 +95,18 @@ impl Registry {
         self.tasks.keys().map(String::as_str)
     }
 
+    /// Each registered task's own route (its `QUEUE`, bound to its `NAME`), by task name,
+    /// for [`Topology::with_tasks`](warren_core::topology::Topology::with_tasks).
+    pub fn routes(&self) -> Vec<TaskRoute> {
+        self.tasks
+            .iter()
+            .map(|(name, task)| TaskRoute {
+                task: name.clone(),
+                queue: task.queue().to_owned(),
+            })
+            .collect()
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<Arc<dyn ErasedTask>> {
         self.tasks.get(name).cloned()
     }
@@ -97,6 +122,19 @@ mod tests {
         let mut r = Registry::with_builtin();
         let e = crate::demo::register(&mut r).unwrap_err();
         assert_eq!(e.0, "demo.noop");
+    }
+
+    #[test]
+    fn builtin_routes_leave_the_topology_as_it_was() {
+        let none = warren_core::config::FileConfig::default();
+        let builtin = warren_core::topology::Topology::new("warren", &none).unwrap();
+        let routed = warren_core::topology::Topology::with_tasks(
+            "warren",
+            &none,
+            &Registry::with_builtin().routes(),
+        )
+        .unwrap();
+        assert_eq!(routed.queues(), builtin.queues());
     }
 
     #[test]

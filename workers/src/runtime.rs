@@ -50,6 +50,32 @@ pub struct WorkerConfig {
     pub ledger_writers: usize,
 }
 
+impl WorkerConfig {
+    /// Unacked deliveries per queue unless set.
+    pub const DEFAULT_PREFETCH: u16 = 256;
+    /// Shutdown grace unless set; keep the orchestrator's stop timeout above it.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
+    /// Rows per ledger group commit unless set.
+    pub const DEFAULT_LEDGER_BATCH: u16 = 512;
+    /// Ledger writers unless set.
+    pub const DEFAULT_LEDGER_WRITERS: u8 = 1;
+}
+
+/// The settings of `warren worker` without flags: the local broker, the `default` queue.
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            amqp_url: warren_core::config::DEFAULT_AMQP_URL.to_owned(),
+            max_body: warren_core::config::DEFAULT_MAX_BODY,
+            queues: vec!["default".to_owned()],
+            prefetch: Self::DEFAULT_PREFETCH,
+            grace: Self::DEFAULT_GRACE,
+            ledger_batch: Self::DEFAULT_LEDGER_BATCH.into(),
+            ledger_writers: Self::DEFAULT_LEDGER_WRITERS.into(),
+        }
+    }
+}
+
 /// Why a worker stopped or a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

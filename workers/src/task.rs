@@ -24,8 +24,15 @@ pub struct JobContext {
 
 /// A job kind. `NAME` is the routing key; `Payload` is the JSON body's type (a body that does
 /// not decode into it is dead-lettered `malformed` with the JSON path of the error).
+///
+/// `QUEUE` is the work queue the task's jobs go to, `default` unless overridden: a worker or
+/// `warren topology` that has the task registered declares that queue (if it is new) and
+/// binds `NAME` to it, so a new task needs no config-file entry. A `[queues.NAME] bindings`
+/// entry in the config file that receives the task still wins over it.
 pub trait Task: Send + Sync + 'static {
     const NAME: &'static str;
+    /// Short name of the work queue receiving this task's jobs.
+    const QUEUE: &'static str = "default";
     type Payload: DeserializeOwned + Send + 'static;
 
     fn run(

@@ -1,6 +1,7 @@
 //! A user-defined task registered through the library and run by an in-process [`Worker`]
-//! against the real RabbitMQ and PostgreSQL: typed payloads, a custom retry policy and a
-//! handler timeout (dead-lettered as `timeout`).
+//! against the real RabbitMQ and PostgreSQL: typed payloads, its own queue (declared from
+//! the task, no config-file binding), a custom retry policy and a handler timeout
+//! (dead-lettered as `timeout`).
 
 use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
@@ -24,6 +25,7 @@ struct Napper;
 
 impl Task for Napper {
     const NAME: &'static str = "nap.take";
+    const QUEUE: &'static str = "naps";
     type Payload = Nap;
     async fn run(&self, p: Nap, _: &JobContext) -> Result<(), TaskError> {
         tokio::time::sleep(Duration::from_millis(p.ms)).await;
@@ -57,22 +59,22 @@ async fn user_task_times_out_retries_and_dead_letters_as_timeout() {
     let pool = warren_core::db::lazy_pool(&db_url, 4).unwrap();
     warren_core::db::migrate(&pool).await.unwrap();
 
-    let file: FileConfig =
-        toml::from_str("[retry]\ntiers=[\"100ms\"]\n[queues.naps]\nbindings=[\"nap.#\"]").unwrap();
-    let topology = Topology::new(&ns, &file).unwrap();
-    let conn = warren_core::broker::connect(AMQP, "test").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    topology.declare(&ch).await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-
     let mut registry = Registry::new();
     registry.register(Napper).unwrap();
     assert!(
         registry.register(Napper).is_err(),
         "duplicate registration accepted"
     );
+
+    let file: FileConfig = toml::from_str("[retry]\ntiers=[\"100ms\"]").unwrap();
+    let topology = Topology::with_tasks(&ns, &file, &registry.routes()).unwrap();
+    assert_eq!(topology.queue("naps").unwrap().bindings, ["nap.take"]);
+    let conn = warren_core::broker::connect(AMQP, "test").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    topology.declare(&ch).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
 
     let producer = Producer::new(&conn, topology.jobs_exchange())
         .await
@@ -98,12 +100,11 @@ async fn user_task_times_out_retries_and_dead_letters_as_timeout() {
     let worker = Worker::new(
         WorkerConfig {
             amqp_url: AMQP.into(),
-            max_body: warren_core::config::DEFAULT_MAX_BODY,
             queues: vec!["naps".into()],
             prefetch: 8,
             grace: Duration::from_secs(5),
             ledger_batch: 64,
-            ledger_writers: 1,
+            ..WorkerConfig::default()
         },
         topology.clone(),
         registry,

@@ -35,6 +35,7 @@ pub struct Merchant {
 
 impl RenewalProvider for Appmax {
     const TASK: &'static str = RENEWAL_APPMAX;
+    const QUEUE: &'static str = "renewals.appmax";
     const LABEL: &'static str = "appmax";
     const DB: &'static str = "APPMAX";
     const INTERVAL_REQUIRED: bool = false;

@@ -114,6 +114,8 @@ impl PrepareError {
 pub trait RenewalProvider: Send + Sync + 'static {
     /// The task whose jobs renew through this provider (`renewal.pagarme`).
     const TASK: &'static str;
+    /// The queue that receives [`TASK`](Self::TASK) (`renewals.pagarme`).
+    const QUEUE: &'static str;
     /// `pagarme` / `appmax`: metric label.
     const LABEL: &'static str;
     /// `PAGARME` / `APPMAX`: the database enum.
@@ -210,6 +212,7 @@ impl<P: RenewalProvider> Renewal<P> {
 
 impl<P: RenewalProvider> Task for Renewal<P> {
     const NAME: &'static str = P::TASK;
+    const QUEUE: &'static str = P::QUEUE;
     type Payload = RenewalPayload;
     async fn run(&self, p: RenewalPayload, ctx: &JobContext) -> Result<(), TaskError> {
         renew(self, p, ctx).await
@@ -243,6 +246,7 @@ struct Shared<T>(Arc<T>);
 
 impl<T: Task> Task for Shared<T> {
     const NAME: &'static str = T::NAME;
+    const QUEUE: &'static str = T::QUEUE;
     type Payload = T::Payload;
     async fn run(&self, p: T::Payload, ctx: &JobContext) -> Result<(), TaskError> {
         self.0.run(p, ctx).await

@@ -37,6 +37,7 @@ pub struct Card {
 
 impl RenewalProvider for Pagarme {
     const TASK: &'static str = RENEWAL_PAGARME;
+    const QUEUE: &'static str = "renewals.pagarme";
     const LABEL: &'static str = "pagarme";
     const DB: &'static str = "PAGARME";
     const INTERVAL_REQUIRED: bool = true;

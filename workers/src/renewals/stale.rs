@@ -88,6 +88,7 @@ impl Reconciled {
 
 impl Task for FailStalePayments {
     const NAME: &'static str = "cron.fail-stale-payments";
+    const QUEUE: &'static str = "cron";
     type Payload = FailStale;
     async fn run(&self, p: FailStale, ctx: &JobContext) -> Result<(), TaskError> {
         let max_age = age("max_age", &p.max_age)?;
