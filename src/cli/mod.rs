@@ -152,6 +152,10 @@ pub enum Command {
     /// Serve the Pagar.me/Appmax simulator (scripted outcomes by card suffix).
     ProviderSim(provider_sim::ProviderSimArgs),
     /// Publish a job (or N copies) with publisher confirms, now or after a delay.
+    ///
+    /// It declares the namespace's topology first, as every role does (declaring is
+    /// idempotent): a job published before any worker started waits in its queue instead of
+    /// being lost. A task that no queue receives is refused, naming the task.
     Publish(publish::PublishArgs),
     /// HTTP API to publish jobs: `POST /v1/jobs/{task}` and `POST /v1/jobs` with a bearer
     /// token, answered once the broker confirmed (docs/ingest.md).
