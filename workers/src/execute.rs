@@ -78,7 +78,7 @@ enum Abandon {
 }
 
 /// A failed attempt, as the runtime sees it.
-enum Failure {
+pub(crate) enum Failure {
     Task(TaskError),
     Timeout(Duration),
     Panic(String),
@@ -364,7 +364,7 @@ async fn process(
         delta: 1,
         fresh: check == Check::New,
     };
-    let run = tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind());
+    let run = guarded(fut, timeout);
     tokio::pin!(run);
     // Jobs that outlive MARK_RUNNING_AFTER show up as `running` in the ledger.
     let mark = tokio::time::sleep(MARK_RUNNING_AFTER);
@@ -387,12 +387,7 @@ async fn process(
             r
         }
     };
-    let result = match outcome {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(Failure::Task(e)),
-        Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
-        Err(_) => Err(Failure::Timeout(timeout)),
-    };
+    let result = outcome;
     tm.duration.record(started.elapsed().as_secs_f64());
 
     let (error, retryable, exhausted_kind) = match result {
@@ -413,16 +408,8 @@ async fn process(
         }
         Err(Failure::Task(TaskError::Permanent(m))) => (m, false, DeadLetterKind::Permanent),
         Err(Failure::Task(TaskError::Retryable(m))) => (m, true, DeadLetterKind::Exhausted),
-        Err(Failure::Panic(m)) => (
-            format!("handler panicked: {m}"),
-            true,
-            DeadLetterKind::Exhausted,
-        ),
-        Err(Failure::Timeout(t)) => (
-            format!("attempt timed out after {t:?}"),
-            true,
-            DeadLetterKind::Timeout,
-        ),
+        Err(f @ Failure::Panic(_)) => (f.describe(), true, DeadLetterKind::Exhausted),
+        Err(f @ Failure::Timeout(_)) => (f.describe(), true, DeadLetterKind::Timeout),
     };
     if !retryable {
         return dead_letter(s, queue, job, &ran, DeadLetterKind::Permanent, &error).await;
@@ -713,6 +700,31 @@ impl Job {
             props.with_message_id(self.key.job_id.as_str().into())
         };
         props.with_headers(h)
+    }
+}
+
+/// Runs one attempt of a handler under its timeout, catching a panic: the one way the worker
+/// and the test kit ([`crate::testing`]) run a task.
+pub(crate) async fn guarded<F>(fut: F, timeout: Duration) -> Result<(), Failure>
+where
+    F: std::future::Future<Output = Result<(), TaskError>>,
+{
+    match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(Failure::Task(e)),
+        Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
+        Err(_) => Err(Failure::Timeout(timeout)),
+    }
+}
+
+impl Failure {
+    /// What the ledger and the retry record say of a failure the handler did not return.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Task(e) => e.to_string(),
+            Self::Panic(m) => format!("handler panicked: {m}"),
+            Self::Timeout(t) => format!("attempt timed out after {t:?}"),
+        }
     }
 }
 

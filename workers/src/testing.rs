@@ -41,10 +41,8 @@
 //! ```
 
 use crate::{JobContext, Task, TaskError};
-use futures::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 /// Runs `task` once on `payload` with a first-attempt context ([`context`] with its
@@ -59,17 +57,10 @@ pub async fn run_with<T: Task>(
     payload: T::Payload,
     ctx: &JobContext,
 ) -> Result<(), TaskError> {
-    let timeout = task.timeout();
-    let attempt = AssertUnwindSafe(task.run(payload, ctx)).catch_unwind();
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(panic)) => Err(TaskError::Retryable(format!(
-            "handler panicked: {}",
-            panic_message(panic.as_ref())
-        ))),
-        Err(_) => Err(TaskError::Retryable(format!(
-            "attempt timed out after {timeout:?}"
-        ))),
+    match crate::execute::guarded(task.run(payload, ctx), task.timeout()).await {
+        Ok(()) => Ok(()),
+        Err(crate::execute::Failure::Task(e)) => Err(e),
+        Err(other) => Err(TaskError::Retryable(other.describe())),
     }
 }
 
@@ -173,16 +164,6 @@ fn no_database() -> PgPool {
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy_with(opts)
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".into()
-    }
 }
 
 #[cfg(test)]
