@@ -460,19 +460,7 @@ async fn a_memory_alarm_shows_on_readiness_and_clears() {
     let mut w = env.worker(&["--queue", "default"]);
     w.wait_ready(T).await;
     // Fails for 15 s, retried every second: the worker keeps publishing retries.
-    let until = (chrono::Utc::now() + chrono::Duration::seconds(15)).to_rfc3339();
-    let job = id();
-    let props = lapin::BasicProperties::default()
-        .with_message_id(job.as_str().into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers({
-            let mut h = lapin::types::FieldTable::default();
-            warren_core::envelope::set_int(&mut h, "x-max-attempts", 60);
-            h
-        });
-    let body = json!({ "mode": "retryable", "until": until }).to_string();
-    env.publish("demo.fail", body.as_bytes(), props).await;
+    let job = env.publish_failing_for(15).await;
     eventually(T, "the job retrying", || async {
         env.job(&job).await.is_some_and(|j| j.attempts >= 2)
     })
@@ -546,19 +534,7 @@ async fn ingest_answers_at_once_and_truthfully_under_a_memory_alarm() {
     const TOKEN: &str = "tok-alarm-7c1e-secret";
     let ingest = common::ingest::Ingest::spawn(&env, &[("WARREN_INGEST_TOKENS", TOKEN)]).await;
     // A job that keeps failing for a while, so the worker publishes retries during the alarm.
-    let until = (chrono::Utc::now() + chrono::Duration::seconds(20)).to_rfc3339();
-    let retrying = id();
-    let props = lapin::BasicProperties::default()
-        .with_message_id(retrying.as_str().into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers({
-            let mut h = lapin::types::FieldTable::default();
-            warren_core::envelope::set_int(&mut h, "x-max-attempts", 60);
-            h
-        });
-    let body = json!({ "mode": "retryable", "until": until }).to_string();
-    env.publish("demo.fail", body.as_bytes(), props).await;
+    let retrying = env.publish_failing_for(20).await;
 
     // Ten clients of normal load: eight send their own job ids, two an Idempotency-Key.
     let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -751,11 +727,7 @@ async fn ingest_answers_at_once_and_truthfully_under_a_memory_alarm() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ran: Vec<(String,)> = sqlx::query_as("SELECT job_id FROM job_runs WHERE job_id = ANY($1)")
-        .bind(&refused)
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
+    let ran = env.ran(&refused).await;
     assert!(
         ran.is_empty(),
         "jobs answered \"not accepted\" ran: {ran:?}"

@@ -883,11 +883,7 @@ async fn connection_drops_never_report_a_job_that_runs_as_not_accepted() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let refused_ids: Vec<String> = refused.iter().map(|(j, _, _)| j.clone()).collect();
-    let ran: Vec<(String,)> = sqlx::query_as("SELECT job_id FROM job_runs WHERE job_id = ANY($1)")
-        .bind(&refused_ids)
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
+    let ran = env.ran(&refused_ids).await;
     assert!(
         ran.is_empty(),
         "jobs answered \"not accepted\" ran: {ran:?}"

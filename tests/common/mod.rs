@@ -248,6 +248,34 @@ impl TestEnv {
         );
     }
 
+    /// Publishes a `demo.fail` job that fails retryably for `secs` seconds (60 attempts), so
+    /// its worker keeps publishing retries meanwhile; returns its id.
+    pub async fn publish_failing_for(&self, secs: i64) -> String {
+        let until = (chrono::Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339();
+        let job = id();
+        let props = BasicProperties::default()
+            .with_message_id(job.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers({
+                let mut h = lapin::types::FieldTable::default();
+                warren_core::envelope::set_int(&mut h, "x-max-attempts", 60);
+                h
+            });
+        let body = serde_json::json!({ "mode": "retryable", "until": until }).to_string();
+        self.publish("demo.fail", body.as_bytes(), props).await;
+        job
+    }
+
+    /// The ids among `ids` the ledger holds a row for: jobs that ran (or started to).
+    pub async fn ran(&self, ids: &[String]) -> Vec<String> {
+        sqlx::query_scalar("SELECT job_id FROM job_runs WHERE job_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Publishes a JSON job with the given id and returns the id.
     pub async fn publish_json(&self, task: &str, payload: serde_json::Value, id: &str) -> String {
         let props = BasicProperties::default()
