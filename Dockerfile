@@ -1,6 +1,6 @@
 # The `warren` binary in a small Debian image: ENTRYPOINT is `warren`, so the command is
 # the role or operator command (`worker --queue default`, `migrate`, `publish demo.noop`).
-# Migrations are embedded in the binary at compile time (sqlx::migrate! in core/src/db.rs),
+# Migrations are embedded in the binary at compile time (sqlx::migrate! in core/src/migrations.rs),
 # so the runtime image needs no files besides it. Runs as the unprivileged user 10001
 # (numeric, so Kubernetes' runAsNonRoot can verify it).
 
