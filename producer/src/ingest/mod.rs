@@ -651,9 +651,9 @@ async fn accept(
         Ok(Claim::Resume { earlier }) => {
             // Same request, same ids: whatever of the earlier attempt reached the broker
             // and this attempt's copies are one job each.
-            for (job, id) in jobs.iter_mut().zip(outcome::earlier_ids(&earlier)) {
-                if job.opts.id.is_none() {
-                    job.opts.id = id;
+            for (job, was) in jobs.iter_mut().zip(outcome::earlier_jobs(&earlier)) {
+                if job.opts.id.is_none() && !was.id.is_empty() {
+                    job.opts.id = Some(was.id);
                 }
             }
             Some(earlier)
@@ -800,7 +800,8 @@ async fn publish(st: &AppState, jobs: Vec<Job>) -> Outcome {
     tokio::pin!(confirms);
     let deadline = tokio::time::sleep(CONFIRM_TIMEOUT);
     tokio::pin!(deadline);
-    let mut flow = tokio::time::interval(FLOW_CHECK);
+    // The first look was the check before publishing; the next is one period later.
+    let mut flow = tokio::time::interval_at(tokio::time::Instant::now() + FLOW_CHECK, FLOW_CHECK);
     let results = loop {
         tokio::select! {
             results = &mut confirms => break results,

@@ -93,24 +93,9 @@ pub(super) fn unknown_body(jobs: &[Sent], why: &str) -> String {
     .to_string()
 }
 
-/// The job ids of an earlier answer (`jobs[].id`), in order: a retry of a request whose
-/// outcome was unknown publishes under them again.
-pub(super) fn earlier_ids(body: &str) -> Vec<Option<String>> {
-    let Ok(v) = serde_json::from_str::<Value>(body) else {
-        return Vec::new();
-    };
-    v.get("jobs")
-        .and_then(Value::as_array)
-        .map(|jobs| {
-            jobs.iter()
-                .map(|j| j.get("id").and_then(Value::as_str).map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The jobs of an earlier answer, all of unknown outcome (a retry was not published, so
-/// nothing more is known of them).
+/// The jobs of an earlier answer (`jobs[]`, in order), all of unknown outcome: a retry of a
+/// request whose outcome was unknown publishes under their ids again, and a retry that was
+/// not published knows nothing more of them.
 pub(super) fn earlier_jobs(body: &str) -> Vec<Sent> {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
         return Vec::new();
@@ -185,15 +170,13 @@ mod tests {
         assert_eq!(v["jobs"][0]["outcome"], "accepted");
         assert_eq!(v["jobs"][1]["outcome"], "unknown");
         assert!(v["message"].as_str().unwrap().contains("harmless"));
-        assert_eq!(
-            earlier_ids(&body),
-            vec![Some("a".to_owned()), Some("b".to_owned())]
-        );
+        let ids: Vec<String> = earlier_jobs(&body).into_iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec!["a".to_owned(), "b".to_owned()]);
     }
 
     #[test]
-    fn earlier_ids_of_a_body_without_jobs_is_empty() {
-        assert!(earlier_ids("not json").is_empty());
-        assert!(earlier_ids(r#"{"error":"x"}"#).is_empty());
+    fn earlier_jobs_of_a_body_without_jobs_is_empty() {
+        assert!(earlier_jobs("not json").is_empty());
+        assert!(earlier_jobs(r#"{"error":"x"}"#).is_empty());
     }
 }
